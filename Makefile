@@ -1,0 +1,48 @@
+# The two commands that matter: `make run` (set up and start Parley) and `make test` (set up and test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+# Debian packages: libopus0 for the codec; chromium and redis-server for the browser and scale-out tests.
+RUN_PACKAGES := libopus0
+TEST_PACKAGES := libopus0 redis-server chromium
+
+.PHONY: run test lint typecheck pytest bench soak system-deps test-system-deps clean
+
+run: $(VENV)/.installed
+	$(BIN)/parley serve --host $(HOST) --port $(PORT)
+
+test: test-system-deps $(VENV)/.dev-installed lint typecheck pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.dev-installed
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+system-deps:
+	@./.ci/apt-install $(RUN_PACKAGES)
+
+test-system-deps:
+	@./.ci/apt-install $(TEST_PACKAGES)
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

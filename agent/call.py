@@ -1,0 +1,229 @@
+"""One call: a caller's peer connection joined to one Gemini conversation, in both directions.
+
+    caller RTP -> OpusUplink (16 kHz PCM) -> GeminiSession.send_audio -> Gemini
+    Gemini audio -> ModelAudio (48 kHz) -> PlayoutBuffer -> PlayoutTrack -> caller
+
+Events (transcripts, turns, interruptions, timings, the end reason) go to the caller as JSON on the
+data channel it opened, if it opened one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from google import genai
+
+from agent.downlink import PLAYOUT_RATE, ModelAudio, PlayoutBuffer, PlayoutTrack
+from agent.gemini import GeminiSession, SessionConfig, SessionEnded
+from agent.ice import rtc_configuration
+from agent.sdp import ask_for_inband_fec, check_offer
+from agent.uplink import OpusUplink, tap_receiver
+
+logger = logging.getLogger(__name__)
+
+# The caller's events channel takes small JSON messages; anything else is logged and ignored.
+MAX_CLIENT_MESSAGE = 4096
+
+
+class Call:
+    def __init__(
+        self,
+        client: genai.Client,
+        session_config: SessionConfig,
+        ice_servers: list[dict[str, Any]],
+        no_media_timeout_s: float,
+        on_ended: Callable[[Call], None],
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.created_at = time.monotonic()
+        self.state = "new"
+        self.end_reason: str | None = None
+        self._on_ended = on_ended
+        self._no_media_timeout_s = no_media_timeout_s
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.uplink = OpusUplink(self._on_caller_pcm)
+        self.playout_buffer = PlayoutBuffer()
+        self.model_audio = ModelAudio(self.playout_buffer)
+        self.track = PlayoutTrack(self.playout_buffer, on_chunk_started=self._on_playout_started)
+        self.session = GeminiSession(client, session_config, self)
+        self.channel: RTCDataChannel | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing: asyncio.Task[None] | None = None
+        self.downlink_latency_s: deque[float] = deque(maxlen=1000)
+        self.bargein_stop_s: deque[float] = deque(maxlen=100)
+        self.turns = 0
+        self._turn_started = False
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Accept the caller's offer; the Gemini connection opens while ICE and DTLS run."""
+        check_offer(offer_sdp)
+        pc = self.pc
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("datachannel", self._on_datachannel)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        transceiver = audio[0]
+        transceiver.sender.replaceTrack(self.track)
+        transceiver.direction = "sendrecv"
+        tap_receiver(transceiver.receiver, self.uplink)
+        for extra in audio[1:]:
+            extra.direction = "inactive"
+        self._tasks.append(asyncio.create_task(self._run_session(), name=f"gemini-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._watch_media(), name=f"watchdog-{self.id}"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        self.state = "connecting"
+        return ask_for_inband_fec(pc.localDescription.sdp)
+
+    # --- the two directions ------------------------------------------------------------------
+
+    def _on_caller_pcm(self, pcm: bytes, arrived_at: float) -> None:
+        self.session.send_audio(pcm, arrived_at)
+
+    def on_model_audio(self, pcm: bytes, arrived_at: float) -> None:
+        if not self._turn_started:
+            self._turn_started = True
+            self.turns += 1
+            self.emit("agent_turn_start", turn=self.turns)
+        self.model_audio.push(pcm, arrived_at)
+
+    def _on_playout_started(self, arrived_at: float) -> None:
+        self.downlink_latency_s.append(time.monotonic() - arrived_at)
+
+    def on_interrupted(self) -> None:
+        started = time.monotonic()
+        dropped = self.model_audio.interrupt()
+        self.bargein_stop_s.append(time.monotonic() - started)
+        self.emit("interrupted", turn=self.turns, dropped_ms=round(dropped * 1000 / PLAYOUT_RATE))
+
+    def on_turn_complete(self) -> None:
+        self.model_audio.end_turn()
+        if self._turn_started:
+            self.emit("agent_turn_end", turn=self.turns)
+        self._turn_started = False
+
+    def on_transcript(self, role: str, text: str, finished: bool) -> None:
+        self.emit("transcript", role="user" if role == "user" else "agent", text=text, final=finished)
+
+    def on_session_event(self, kind: str, detail: dict[str, Any]) -> None:
+        logger.info("call %s: gemini %s %s", self.id[:8], kind, detail)
+        self.emit("session", event=kind, **detail)
+
+    # --- events to the caller ----------------------------------------------------------------
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        self.channel = channel
+        channel.on("message", self._on_client_message)
+        self.emit("call", id=self.id)
+
+    def _on_client_message(self, message: str | bytes) -> None:
+        if len(message) > MAX_CLIENT_MESSAGE:
+            logger.info("call %s: ignored a %d-byte data channel message", self.id[:8], len(message))
+            return
+        try:
+            event = json.loads(message)
+        except ValueError:
+            logger.info("call %s: ignored a data channel message that is not JSON", self.id[:8])
+            return
+        if not isinstance(event, dict) or event.get("type") != "ping":
+            logger.info("call %s: ignored an unknown data channel message", self.id[:8])
+            return
+        self.emit("pong", t=event.get("t"))
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(json.dumps({"type": kind, "t": round(time.time(), 3), **fields}))
+
+    # --- watchdogs and teardown --------------------------------------------------------------
+
+    async def _run_session(self) -> None:
+        try:
+            await self.session.run()
+        except SessionEnded as exc:
+            self.close(exc.reason)
+        except Exception:
+            logger.exception("call %s: gemini session failed", self.id[:8])
+            self.close("gemini_error")
+
+    async def _watch_media(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self._no_media_timeout_s / 4))
+            last = self.uplink.stats.last_packet_at or self.created_at
+            if time.monotonic() - last > self._no_media_timeout_s:
+                self.close("no_media")
+                return
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self.state = "active"
+        elif state in ("failed", "closed"):
+            self.close("connection_failed" if state == "failed" else "peer_closed")
+
+    def close(self, reason: str) -> asyncio.Task[None]:
+        """End the call (idempotent): the first reason given is the one recorded."""
+        if self._closing is None:
+            self.end_reason = reason
+            self.state = "ending"
+            self._closing = asyncio.create_task(self._teardown())
+        return self._closing
+
+    async def _teardown(self) -> None:
+        self.emit("ended", reason=self.end_reason)
+        await self.session.close()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+        self.track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        self.state = "ended"
+        logger.info("call %s ended: %s", self.id[:8], json.dumps(self.summary()))
+        self._on_ended(self)
+
+    def summary(self) -> dict[str, Any]:
+        stats = self.session.stats
+        uplink = self.uplink.stats
+        seconds = time.monotonic() - self.created_at
+        return {
+            "call": self.id,
+            "state": self.state,
+            "end_reason": self.end_reason,
+            "seconds": round(seconds, 2),
+            "turns": self.turns,
+            "uplink": {
+                "packets": uplink.packets,
+                "late": uplink.late,
+                "concealed": uplink.concealed,
+                "recovered": uplink.recovered,
+                "decode_errors": uplink.decode_errors,
+                "audio_s_sent": round(stats.audio_bytes_sent / 32000, 2),
+                "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),
+            },
+            "downlink": {"frames": self.track.frames_sent, "silent_frames": self.track.silent_frames},
+            "gemini": {
+                "connections": stats.connections,
+                "reconnects": stats.reconnects,
+                "goaways": stats.goaways,
+                "fresh_restarts": stats.fresh_restarts,
+                "tool_calls": stats.tool_calls,
+                "tokens": {
+                    "prompt": stats.prompt_tokens,
+                    "response": stats.response_tokens,
+                    "total": stats.total_tokens,
+                },
+            },
+        }

@@ -1,0 +1,141 @@
+"""Uplink: the caller's Opus RTP packets, decoded to 16 kHz mono PCM16 the moment they arrive.
+
+aiortc's own audio path holds packets in an 80 ms jitter buffer that ratchets up after a loss, hands them
+to a decoder thread that makes 48 kHz stereo, and has no loss concealment. Gemini takes 16 kHz mono and
+does its own buffering, so none of that is wanted here. `OpusUplink` takes the jitter buffer's place in
+the receiver (`tap_receiver`): each in-order packet is decoded on the event loop as it arrives, a late
+packet is dropped, and a gap is filled with Opus packet loss concealment, its last frame recovered from
+the next packet's in-band FEC when the sender put it there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import opuslib
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+# Gaps longer than this are a paused sender, not a loss: concealing them would only invent sound.
+MAX_CONCEALED_FRAMES = 5
+
+PcmSink = Callable[[bytes, float], None]
+
+
+@dataclass
+class UplinkStats:
+    packets: int = 0
+    late: int = 0
+    concealed: int = 0
+    recovered: int = 0
+    decode_errors: int = 0
+    last_packet_at: float = 0.0
+
+
+class OpusUplink:
+    """Stands in for aiortc's JitterBuffer: `add` decodes and hands PCM on, and never returns a frame."""
+
+    def __init__(self, sink: PcmSink, sample_rate: int = SAMPLE_RATE) -> None:
+        self._sink = sink
+        self._rate = sample_rate
+        self._decoder = opuslib.Decoder(sample_rate, 1)
+        self._expected_seq: int | None = None
+        self._frame_samples = sample_rate // 50
+        self._max_frame_samples = sample_rate * 120 // 1000  # Opus packets carry at most 120 ms
+        self.stats = UplinkStats()
+
+    # aiortc's receiver calls add(packet) -> (pli_flag, encoded_frame); returning no frame keeps its
+    # decoder thread idle.
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        arrival = time.monotonic()
+        self.stats.last_packet_at = arrival
+        payload: bytes = getattr(packet, "_data", packet.payload)
+        seq = packet.sequence_number
+        if self._expected_seq is not None:
+            ahead = (seq - self._expected_seq) & 0xFFFF
+            if ahead >= 0x8000:  # behind what was already decoded: a duplicate or a late packet
+                self.stats.late += 1
+                return False, None
+            if ahead:
+                self._fill_gap(ahead, payload, arrival)
+        self._expected_seq = (seq + 1) & 0xFFFF
+        self.stats.packets += 1
+        if payload:
+            self._decode(payload, arrival)
+        return False, None
+
+    def remove(self, count: int) -> None:  # part of the JitterBuffer interface aiortc may call
+        pass
+
+    def _fill_gap(self, lost: int, next_payload: bytes, arrival: float) -> None:
+        if lost > MAX_CONCEALED_FRAMES:
+            self._decoder.reset_state()
+            return
+        n = self._frame_samples
+        for _ in range(lost - 1):
+            self._emit(self._decoder.decode(b"", n), arrival)
+            self.stats.concealed += 1
+        if next_payload:
+            # The next packet may carry the last lost frame at lower quality (in-band FEC); libopus
+            # falls back to concealment by itself when it does not.
+            self._emit(self._safe_decode(next_payload, n, fec=True), arrival)
+            self.stats.recovered += 1
+        else:
+            self._emit(self._decoder.decode(b"", n), arrival)
+            self.stats.concealed += 1
+
+    def _decode(self, payload: bytes, arrival: float) -> None:
+        samples = opus_packet_samples(payload, self._rate)
+        if not 0 < samples <= self._max_frame_samples:
+            self.stats.decode_errors += 1
+            self._emit(self._decoder.decode(b"", self._frame_samples), arrival)
+            return
+        self._frame_samples = samples
+        self._emit(self._safe_decode(payload, samples, fec=False), arrival)
+
+    def _safe_decode(self, payload: bytes, samples: int, fec: bool) -> bytes:
+        try:
+            return bytes(self._decoder.decode(payload, samples, decode_fec=fec))
+        except opuslib.OpusError:
+            self.stats.decode_errors += 1
+            return bytes(self._decoder.decode(b"", samples))
+
+    def _emit(self, pcm: bytes, arrival: float) -> None:
+        self._sink(pcm, arrival)
+
+
+def opus_packet_samples(payload: bytes, rate: int) -> int:
+    """Samples per channel in an Opus packet, from its TOC byte (RFC 6716 section 3.1).
+
+    opuslib 3.0.1's packet_get_samples_per_frame returns nonsense, so this reads the header itself.
+    """
+    toc = payload[0]
+    config = toc >> 3
+    if config < 12:  # SILK: 10, 20, 40, 60 ms
+        tenths_ms = (100, 200, 400, 600)[config % 4]
+    elif config < 16:  # hybrid: 10, 20 ms
+        tenths_ms = (100, 200)[config % 2]
+    else:  # CELT: 2.5, 5, 10, 20 ms
+        tenths_ms = (25, 50, 100, 200)[config % 4]
+    code = toc & 3
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    else:
+        frames = payload[1] & 0x3F if len(payload) > 1 else 0
+    return frames * rate * tenths_ms // 10000
+
+
+def tap_receiver(receiver: RTCRtpReceiver, uplink: OpusUplink) -> None:
+    """Put `uplink` where the receiver keeps its jitter buffer (aiortc 1.16's private attribute)."""
+    attribute = "_RTCRtpReceiver__jitter_buffer"
+    if not hasattr(receiver, attribute):
+        raise RuntimeError("this aiortc version has no receiver jitter buffer to replace; pin aiortc==1.16.0")
+    setattr(receiver, attribute, uplink)

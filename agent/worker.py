@@ -1,0 +1,87 @@
+"""An agent worker: holds the calls of one process and answers offers for new ones.
+
+`parley serve` runs one in-process; the signaling server talks to it only through the `CallHost`
+methods below (create_call, end_call, describe_call, stats), so a remote worker can stand in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from google import genai
+
+from agent.call import Call
+from agent.gemini import SessionConfig
+from agent.sdp import OfferError
+
+logger = logging.getLogger(__name__)
+
+
+class CallNotFound(KeyError):
+    pass
+
+
+class Worker:
+    def __init__(
+        self,
+        client: genai.Client,
+        session_config: SessionConfig,
+        ice_servers: list[dict[str, Any]],
+        no_media_timeout_s: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._session_config = session_config
+        self._ice_servers = ice_servers
+        self._no_media_timeout_s = no_media_timeout_s
+        self.calls: dict[str, Call] = {}
+        self.calls_started = 0
+        self.calls_ended: dict[str, int] = {}
+
+    async def create_call(self, offer_sdp: str) -> tuple[str, str]:
+        """Answer an offer: (call id, SDP answer). Raises OfferError for an offer it cannot take."""
+        call = Call(
+            self._client, self._session_config, self._ice_servers, self._no_media_timeout_s, self._forget
+        )
+        self.calls[call.id] = call
+        try:
+            answer = await call.answer(offer_sdp)
+        except OfferError:
+            await call.close("bad_offer")
+            raise
+        except Exception as exc:
+            # aiortc rejects some offers that pass our checks (odd transports, broken attributes).
+            await call.close("bad_offer")
+            raise OfferError(
+                400, f"the offer could not be negotiated: {type(exc).__name__}: {exc}"[:300]
+            ) from None
+        self.calls_started += 1
+        return call.id, answer
+
+    async def end_call(self, call_id: str, reason: str = "hangup") -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CallNotFound(call_id)
+        await call.close(reason)
+
+    def describe_call(self, call_id: str) -> dict[str, Any]:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CallNotFound(call_id)
+        return call.summary()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active_calls": len(self.calls),
+            "calls_started": self.calls_started,
+            "calls_ended": dict(self.calls_ended),
+        }
+
+    async def close(self) -> None:
+        await asyncio.gather(*(call.close("server_shutdown") for call in list(self.calls.values())))
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        reason = call.end_reason or "unknown"
+        self.calls_ended[reason] = self.calls_ended.get(reason, 0) + 1

@@ -1,0 +1,318 @@
+"""`parley call`: a headless caller (aiortc) that talks to a Parley server like a browser would.
+
+It sends Opus with in-band FEC (as browsers do), plays a WAV into the call, records what it hears
+without a jitter buffer in the way (so the timings it reports are the server's, not its own), and
+collects the events the agent sends on the data channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import random
+import time
+import wave
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from agent.ice import rtc_configuration
+from agent.uplink import OpusUplink, tap_receiver
+
+RATE = 48000
+FRAME = RATE // 50
+# A received frame louder than this is the agent speaking.
+SPEECH_DBFS = -40.0
+
+
+def load_wav(path: str) -> np.ndarray:
+    """Any WAV file as 48 kHz mono int16 samples."""
+    out: list[np.ndarray] = []
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+    with av.open(path) as container:
+        for frame in container.decode(audio=0):
+            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.int16) if out else np.zeros(0, np.int16)
+
+
+def save_wav(path: str, samples: np.ndarray, rate: int = RATE) -> None:
+    with wave.open(path, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.astype("<i2").tobytes())
+
+
+def dbfs(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+    return 20 * np.log10(max(rms, 1e-3) / 32768)
+
+
+class FecOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder with in-band FEC on, as a browser sends it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codec.options = {"application": "voip", "fec": "1", "packet_loss": "10"}
+
+
+class MicrophoneTrack(MediaStreamTrack):
+    """What the caller says: queued samples in paced 20 ms frames, silence in between."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[np.ndarray] = deque()
+        self._offset = 0
+        self._start: float | None = None
+        self._pts = 0
+        self.frames_sent = 0
+        self.speaking = False
+        self.speech_ends: list[float] = []
+        self.speech_starts: list[float] = []
+
+    def say(self, samples: np.ndarray) -> None:
+        self._queue.append(samples.astype(np.int16))
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self._pts / RATE
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        samples = self._take(FRAME)
+        now = time.monotonic()
+        if samples is None:
+            if self.speaking:
+                self.speaking = False
+                self.speech_ends.append(now)
+            samples = np.zeros(FRAME, np.int16)
+        elif not self.speaking:
+            self.speaking = True
+            self.speech_starts.append(now)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.time_base = fractions.Fraction(1, RATE)
+        frame.pts = self._pts
+        self._pts += FRAME
+        self.frames_sent += 1
+        return frame
+
+    def _take(self, count: int) -> np.ndarray | None:
+        if not self._queue:
+            return None
+        parts = []
+        while count and self._queue:
+            head = self._queue[0]
+            piece = head[self._offset : self._offset + count]
+            parts.append(piece)
+            count -= piece.size
+            self._offset += piece.size
+            if self._offset >= head.size:
+                self._queue.popleft()
+                self._offset = 0
+        if count:
+            parts.append(np.zeros(count, np.int16))
+        return np.concatenate(parts)
+
+
+@dataclass
+class Heard:
+    """Everything received, as 48 kHz samples, with each packet's arrival time and loudness."""
+
+    chunks: list[np.ndarray] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    levels: list[float] = field(default_factory=list)
+
+    def add(self, pcm: bytes, arrived_at: float) -> None:
+        samples = np.frombuffer(pcm, dtype="<i2").copy()
+        self.chunks.append(samples)
+        self.arrivals.append(arrived_at)
+        self.levels.append(dbfs(samples))
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+
+    def first_loud_after(self, t: float) -> float | None:
+        for arrival, level in zip(self.arrivals, self.levels, strict=True):
+            if arrival >= t and level > SPEECH_DBFS:
+                return arrival
+        return None
+
+    def last_loud(self) -> float | None:
+        for arrival, level in zip(reversed(self.arrivals), reversed(self.levels), strict=True):
+            if level > SPEECH_DBFS:
+                return arrival
+        return None
+
+
+class Caller:
+    """One call to a Parley server from Python: `await connect()`, `say()`, `await hang_up()`."""
+
+    def __init__(self, server_url: str, uplink_loss: float = 0.0, fec: bool = True, seed: int = 1) -> None:
+        self.server_url = server_url.rstrip("/") + "/"
+        self.pc = RTCPeerConnection(rtc_configuration([]))
+        self.mic = MicrophoneTrack()
+        self.heard = Heard()
+        self.events: list[dict[str, Any]] = []
+        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.call_url: str | None = None
+        self.timings: dict[str, float] = {}
+        self._uplink_loss = uplink_loss
+        self._random = random.Random(seed)
+        self._fec = fec
+        self.packets_dropped = 0
+        self._connected = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        pc = self.pc
+        sender = pc.addTrack(self.mic)
+        if self._fec:
+            # aiortc makes its encoder at the first frame; one put there first is used instead.
+            sender._RTCRtpSender__encoder = FecOpusEncoder()  # type: ignore[attr-defined]
+        channel = pc.createDataChannel("events")
+        channel.on("message", self._on_event)
+        pc.on("connectionstatechange", self._on_state)
+        transceiver = pc.getTransceivers()[0]
+        tap_receiver(transceiver.receiver, OpusUplink(self.heard.add, sample_rate=RATE))
+        started = time.monotonic()
+        await pc.setLocalDescription(await pc.createOffer())
+        self._session = aiohttp.ClientSession()
+        async with self._session.post(
+            urljoin(self.server_url, "v1/calls"),
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp"},
+        ) as response:
+            body = await response.text()
+            if response.status != 201:
+                raise RuntimeError(f"call refused: {response.status} {body}")
+            self.call_url = urljoin(self.server_url, response.headers["Location"])
+        self.timings["answer_ms"] = (time.monotonic() - started) * 1000
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        if self._uplink_loss:
+            self._make_uplink_lossy()
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
+        self.timings["connect_ms"] = (time.monotonic() - started) * 1000
+        self.timings["connected_at"] = time.monotonic()
+
+    def _make_uplink_lossy(self) -> None:
+        # Drop RTP on its way out of this peer: real packets, really missing at the server.
+        transport = self.pc.getTransceivers()[0].sender.transport
+        send_rtp = transport._send_rtp
+
+        async def lossy_send_rtp(data: bytes, *args: Any, **kwargs: Any) -> None:
+            if self._random.random() < self._uplink_loss:
+                self.packets_dropped += 1
+                return
+            await send_rtp(data, *args, **kwargs)
+
+        transport._send_rtp = lossy_send_rtp  # type: ignore[method-assign]
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self._connected.set()
+
+    def _on_event(self, message: str | bytes) -> None:
+        with contextlib.suppress(ValueError):
+            event = json.loads(message)
+            event["received_at"] = time.monotonic()
+            self.events.append(event)
+            for listener in self.event_listeners:
+                listener(event)
+
+    def say(self, samples: np.ndarray) -> None:
+        self.mic.say(samples)
+
+    async def wait_for_event(self, kind: str, timeout_s: float, after: int = 0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for event in self.events[after:]:
+                if event.get("type") == kind:
+                    return event
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"no {kind!r} event within {timeout_s} s")
+
+    async def call_state(self) -> dict[str, Any]:
+        assert self._session is not None and self.call_url is not None
+        async with self._session.get(self.call_url) as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+    async def hang_up(self) -> int | None:
+        status = None
+        if self._session is not None and self.call_url is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self._session.delete(self.call_url) as response:
+                    status = response.status
+        await self.pc.close()
+        if self._session is not None:
+            await self._session.close()
+        return status
+
+    def turns(self) -> list[dict[str, float | None]]:
+        """For each stretch the caller spoke: how long until the agent's voice was first heard."""
+        out: list[dict[str, float | None]] = []
+        for i, end in enumerate(self.mic.speech_ends):
+            first = self.heard.first_loud_after(end)
+            next_start = self.mic.speech_starts[i + 1] if i + 1 < len(self.mic.speech_starts) else None
+            if first is not None and next_start is not None and first > next_start:
+                first = None
+            out.append(
+                {
+                    "speech_end_s": round(end - self.timings.get("connected_at", end), 3),
+                    "response_ms": None if first is None else round((first - end) * 1000, 1),
+                }
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "call": self.call_url,
+            "answer_ms": round(self.timings.get("answer_ms", 0.0), 1),
+            "connect_ms": round(self.timings.get("connect_ms", 0.0), 1),
+            "frames_sent": self.mic.frames_sent,
+            "frames_received": len(self.heard.chunks),
+            "packets_dropped": self.packets_dropped,
+            "turns": self.turns(),
+            "events": [{k: v for k, v in e.items() if k != "received_at"} for e in self.events],
+        }
+
+
+async def run_call(
+    url: str, play: str | None, record: str | None, seconds: float | None, loss: float
+) -> dict[str, Any]:
+    caller = Caller(url, uplink_loss=loss)
+    speech = load_wav(play) if play else np.zeros(0, np.int16)
+    duration = seconds if seconds is not None else speech.size / RATE + 6.0
+    await caller.connect()
+    try:
+        if speech.size:
+            caller.say(speech)
+        await asyncio.sleep(duration)
+    finally:
+        status = await caller.hang_up()
+    summary = caller.summary()
+    summary["hangup_status"] = status
+    if record:
+        save_wav(record, caller.heard.samples())
+        summary["recorded"] = record
+    return summary

@@ -1,0 +1,89 @@
+"""The `parley` command: serve, emulator, call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from agent.tools import default_registry, load_tool_module
+from emulator import cli as emulator_cli
+from parley.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    settings.host = args.host or settings.host
+    settings.port = args.port if args.port is not None else settings.port
+    if args.backend:
+        settings.backend = args.backend
+    for module in args.tools or []:
+        load_tool_module(module)
+    if args.example_tools:
+        load_tool_module("agent.example_tools")
+    from parley.server import serve
+
+    asyncio.run(serve(settings, default_registry))
+
+
+def _call(args: argparse.Namespace) -> None:
+    from agent.ice import offer_host_addresses
+    from parley.caller import run_call
+
+    offer_host_addresses(Settings.from_env().ice_host_addresses)
+    try:
+        summary = asyncio.run(run_call(args.url, args.play, args.record, args.seconds, args.uplink_loss))
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        print(json.dumps({"error": str(exc) or type(exc).__name__}), file=sys.stderr)
+        raise SystemExit(1) from None
+    print(json.dumps(summary, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="parley", description="Talk to Gemini Live over WebRTC.")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="signaling, the web page and an agent worker in one process")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--backend",
+        choices=["auto", "gemini", "emulator"],
+        default=None,
+        help="auto: Gemini when GEMINI_API_KEY is set, else the offline emulator",
+    )
+    serve.add_argument(
+        "--tools",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE and offer its @tool functions to the model (repeatable)",
+    )
+    serve.add_argument("--example-tools", action="store_true", help="offer the example tool (current time)")
+    serve.set_defaults(run=_serve)
+
+    emulator = commands.add_parser("emulator", help="the Gemini Live emulator on its own")
+    emulator_cli.add_arguments(emulator)
+    emulator.set_defaults(run=emulator_cli.run)
+
+    call = commands.add_parser("call", help="a headless caller: play a WAV into a call, record the answer")
+    call.add_argument("url", help="the Parley server, e.g. http://127.0.0.1:8080")
+    call.add_argument("--play", metavar="WAV", help="what to say")
+    call.add_argument("--record", metavar="WAV", help="where to write what was heard")
+    call.add_argument("--seconds", type=float, default=None, help="call length (default: the WAV plus 6 s)")
+    call.add_argument("--uplink-loss", type=float, default=0.0, help="drop this fraction of sent RTP packets")
+    call.set_defaults(run=_call)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("aioice", "aiortc", "websockets", "google_genai", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

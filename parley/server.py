@@ -1,0 +1,136 @@
+"""`parley serve`: signaling, the web page and one agent worker in one process.
+
+With no Gemini key in the environment, the bundled Gemini Live emulator starts in-process and the SDK
+is pointed at it, so the whole pipeline can be tried offline (you hear your own words back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from emulator.server import GeminiEmulator
+from google import genai
+from google.genai import types
+
+from agent.gemini import SessionConfig
+from agent.ice import offer_host_addresses
+from agent.tools import ToolRegistry
+from agent.worker import Worker
+from parley.settings import Settings
+from signaling.app import create_app
+
+logger = logging.getLogger("parley")
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+def make_client(settings: Settings, emulator: GeminiEmulator | None) -> genai.Client:
+    """A google-genai client: the SDK's own environment for Gemini, or the in-process emulator."""
+    ws_args: dict[str, Any] = {
+        "ping_interval": settings.gemini_ping_interval_s,
+        "ping_timeout": settings.gemini_ping_timeout_s or None,
+    }
+    if emulator is not None:
+        return genai.Client(
+            api_key="parley-emulator",
+            http_options=types.HttpOptions(
+                base_url=emulator.base_url,
+                api_version=settings.gemini_api_version,
+                async_client_args={"ssl": emulator.client_ssl_context(), **ws_args},
+            ),
+        )
+    # The key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE and the Vertex AI variables are read by the SDK.
+    vertex = os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true", "yes")
+    api_version = None if vertex else settings.gemini_api_version
+    return genai.Client(http_options=types.HttpOptions(api_version=api_version, async_client_args=ws_args))
+
+
+def session_config(settings: Settings, tools: ToolRegistry) -> SessionConfig:
+    return SessionConfig(
+        model=settings.model,
+        voice=settings.voice,
+        system_instruction=settings.system_instruction,
+        uplink_chunk_ms=settings.uplink_chunk_ms,
+        tools=tools,
+    )
+
+
+@dataclass
+class Running:
+    """A started server, for tests and for `serve` to shut down."""
+
+    runner: web.AppRunner
+    worker: Worker
+    emulator: GeminiEmulator | None
+    port: int
+
+    async def stop(self) -> None:
+        await self.worker.close()
+        await self.runner.cleanup()
+        if self.emulator is not None:
+            await self.emulator.stop()
+
+
+async def start(settings: Settings, tools: ToolRegistry | None = None) -> Running:
+    offer_host_addresses(settings.ice_host_addresses)
+    backend = settings.resolved_backend()
+    emulator: GeminiEmulator | None = None
+    if backend == "emulator":
+        emulator = GeminiEmulator()
+        await emulator.start()
+        logger.warning(
+            "no GEMINI_API_KEY set: using the offline Gemini Live emulator at %s (you will hear your own "
+            "speech echoed back after each turn)",
+            emulator.base_url,
+        )
+    client = make_client(settings, emulator)
+    worker = Worker(
+        client,
+        session_config(settings, tools or ToolRegistry()),
+        settings.ice_servers,
+        settings.no_media_timeout_s,
+    )
+    page_config = {
+        "iceServers": settings.ice_servers,
+        "emulator": emulator is not None,
+        "model": settings.model,
+    }
+    web_root = Path(settings.web_root) if settings.web_root else WEB_ROOT
+    app = create_app(worker, web_root, page_config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else settings.port
+    logger.warning(
+        "parley listening on http://%s:%d (backend: %s, model %s)",
+        settings.host,
+        port,
+        backend,
+        settings.model,
+    )
+    return Running(runner, worker, emulator, port)
+
+
+async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
+    running = await start(settings, tools)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        logger.warning("shutting down: ending %d calls", len(running.worker.calls))
+        await running.stop()

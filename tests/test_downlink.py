@@ -1,0 +1,92 @@
+"""The downlink: resampled once, paced 20 ms frames, silence when idle, an instant cut on barge-in."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from agent.downlink import FADE_SAMPLES, FRAME_SAMPLES, ModelAudio, PlayoutBuffer, PlayoutTrack
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16)
+
+
+def drain(buffer: PlayoutBuffer) -> np.ndarray:
+    out, _ = buffer.pop(buffer.queued)
+    return out
+
+
+def test_chunks_are_resampled_to_48k_without_clicks_at_boundaries() -> None:
+    buffer = PlayoutBuffer()
+    audio = ModelAudio(buffer)
+    source = tone(1.0, 24000)
+    for i in range(0, source.size, 4800 // 7):  # odd chunk sizes, like bursts from the network
+        audio.push(source[i : i + 4800 // 7].tobytes(), time.monotonic())
+    audio.end_turn()
+    out = drain(buffer)
+    assert abs(out.size - 2 * source.size) <= 2
+    # a clean 440 Hz tone: no sample-to-sample jump beyond what the sine itself makes
+    max_step = 12000 * 2 * np.pi * 440 / 48000
+    assert np.abs(np.diff(out[100:-100].astype(np.int32))).max() < max_step * 1.2
+
+
+async def test_track_emits_paced_20ms_mono_frames_and_silence_when_idle() -> None:
+    buffer = PlayoutBuffer()
+    track = PlayoutTrack(buffer)
+    buffer.push(tone(0.1, 48000), time.monotonic())
+    started = time.monotonic()
+    frames = [await track.recv() for _ in range(25)]
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 0.8  # 25 frames are 0.5 s of audio, not a burst
+    for i, frame in enumerate(frames):
+        assert frame.samples == FRAME_SAMPLES and frame.sample_rate == 48000
+        assert frame.format.name == "s16" and frame.layout.name == "mono"
+        assert frame.pts == i * FRAME_SAMPLES
+    loud = [np.abs(f.to_ndarray()).max() > 1000 for f in frames]
+    assert loud[:5] == [True] * 5 and not any(loud[5:])
+    assert track.silent_frames == 20
+
+
+def test_interrupt_cuts_the_queue_with_a_short_fade_and_ignores_the_rest_of_the_turn() -> None:
+    buffer = PlayoutBuffer()
+    audio = ModelAudio(buffer)
+    audio.push(tone(2.0, 24000).tobytes(), time.monotonic())
+    assert buffer.queued > 90000
+    dropped = audio.interrupt()
+    assert dropped > 90000 - FADE_SAMPLES
+    assert buffer.queued <= FADE_SAMPLES
+    audio.push(tone(1.0, 24000).tobytes(), time.monotonic())  # late audio of the interrupted turn
+    tail = drain(buffer)
+    assert tail.size <= FADE_SAMPLES
+    assert abs(int(tail[-1])) < 12000 * 0.05  # faded to near zero: no click
+    audio.end_turn()
+    audio.push(tone(0.5, 24000).tobytes(), time.monotonic())  # the next turn plays again
+    assert buffer.queued > 20000
+
+
+def test_buffer_pop_reports_when_a_chunk_starts_playing() -> None:
+    buffer = PlayoutBuffer()
+    buffer.push(np.ones(1500, np.int16), 10.0)
+    buffer.push(np.ones(500, np.int16), 11.0)
+    first, started = buffer.pop(960)
+    assert first.size == 960 and started == 10.0
+    second, started = buffer.pop(960)
+    assert second.size == 960 and started == 11.0  # the second chunk began inside this frame
+    rest, started = buffer.pop(960)
+    assert rest.size == 80 and started is None
+
+
+async def test_frames_encode_with_aiortcs_opus_encoder() -> None:
+    from aiortc.codecs.opus import OpusEncoder
+
+    buffer = PlayoutBuffer()
+    track = PlayoutTrack(buffer)
+    encoder = OpusEncoder()
+    buffer.push(tone(0.2, 48000), time.monotonic())
+    payloads: list[bytes] = []
+    for _ in range(5):
+        payloads += encoder.encode(await track.recv())[0]
+    assert len(payloads) >= 4  # one packet per 20 ms frame (the first may be held back)
