@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
@@ -32,6 +32,18 @@ logger = logging.getLogger(__name__)
 
 # The caller's events channel takes small JSON messages; anything else is logged and ignored.
 MAX_CLIENT_MESSAGE = 4096
+
+
+def percentiles(samples_s: Iterable[float]) -> dict[str, float] | None:
+    """p50/p95/max in milliseconds of recent samples, or None before there are any."""
+    values = sorted(samples_s)
+    if not values:
+        return None
+
+    def at(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": round(values[-1] * 1000, 2), "count": len(values)}
 
 
 class Call:
@@ -214,6 +226,11 @@ class Call:
                 "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),
             },
             "downlink": {"frames": self.track.frames_sent, "silent_frames": self.track.silent_frames},
+            "latency_ms": {
+                "uplink": percentiles(self.session.uplink_latency_s),
+                "downlink": percentiles(self.downlink_latency_s),
+                "bargein_stop": percentiles(self.bargein_stop_s),
+            },
             "gemini": {
                 "connections": stats.connections,
                 "reconnects": stats.reconnects,

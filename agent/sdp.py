@@ -32,7 +32,7 @@ def check_offer(sdp: str) -> None:
     if not any(codec.mimeType.lower() == "audio/opus" for m in audio for codec in m.rtp.codecs):
         raise OfferError(422, "the offer's audio does not include Opus")
     for media in audio:
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise OfferError(400, "malformed SDP: the audio section has no ICE credentials")
         if media.dtls is None or not media.dtls.fingerprints:
             raise OfferError(400, "malformed SDP: the audio section has no DTLS fingerprint")

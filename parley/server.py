@@ -79,11 +79,14 @@ class Running:
             await self.emulator.stop()
 
 
-async def start(settings: Settings, tools: ToolRegistry | None = None) -> Running:
+async def start(
+    settings: Settings, tools: ToolRegistry | None = None, emulator: GeminiEmulator | None = None
+) -> Running:
+    """Start serving. An `emulator` passed in (tests) is used as it is and left running at stop()."""
     offer_host_addresses(settings.ice_host_addresses)
     backend = settings.resolved_backend()
-    emulator: GeminiEmulator | None = None
-    if backend == "emulator":
+    own_emulator = emulator is None and backend == "emulator"
+    if own_emulator:
         emulator = GeminiEmulator()
         await emulator.start()
         logger.warning(
@@ -119,7 +122,7 @@ async def start(settings: Settings, tools: ToolRegistry | None = None) -> Runnin
         backend,
         settings.model,
     )
-    return Running(runner, worker, emulator, port)
+    return Running(runner, worker, emulator if own_emulator else None, port)
 
 
 async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:

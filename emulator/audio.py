@@ -1,0 +1,76 @@
+"""PCM16 helpers: conversion, band-limited resampling, levels, a chime for text turns."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+Int16Array = npt.NDArray[np.int16]
+FloatArray = npt.NDArray[np.float64]
+
+INPUT_RATE = 16000  # what the model consumes natively
+OUTPUT_RATE = 24000  # what the model speaks
+_KAISER_BETA = 8.0
+_HALF_TAPS = 16  # zero crossings each side of the interpolation kernel
+
+
+def pcm_to_array(pcm: bytes) -> Int16Array:
+    usable = len(pcm) - (len(pcm) % 2)
+    return np.frombuffer(pcm[:usable], dtype="<i2").astype(np.int16)
+
+
+def array_to_pcm(samples: npt.NDArray[np.generic]) -> bytes:
+    return np.asarray(samples).astype("<i2").tobytes()
+
+
+def dbfs(samples: Int16Array) -> float:
+    """RMS level of a frame in dB relative to full scale, floored at -100."""
+    if samples.size == 0:
+        return -100.0
+    x = samples.astype(np.float64) / 32768.0
+    rms = math.sqrt(float(np.mean(x * x)))
+    return max(-100.0, 20.0 * math.log10(rms)) if rms > 0 else -100.0
+
+
+def resample(samples: Int16Array, src_rate: int, dst_rate: int) -> Int16Array:
+    """Band-limited (Kaiser-windowed sinc) resampling of a whole buffer.
+
+    Evaluates the interpolation kernel directly at each output instant, so any rate pair
+    works (16k->24k, 48k->16k, 44.1k->16k) at O(n * taps) cost. The cutoff sits just below
+    the lower Nyquist frequency, so upsampling leaves no images and downsampling no aliases.
+    """
+    if src_rate == dst_rate or samples.size == 0:
+        return samples.copy()
+    x = samples.astype(np.float64)
+    ratio = dst_rate / src_rate
+    scale = min(1.0, ratio)
+    cutoff = 0.5 * scale * 0.94  # cycles per input sample
+    half_width = _HALF_TAPS / scale  # kernel half-width in input samples
+    n_out = int(x.size * dst_rate // src_rate)
+    t = np.arange(n_out, dtype=np.float64) * (src_rate / dst_rate)
+    base = np.floor(t).astype(np.int64)
+    out = np.zeros(n_out, dtype=np.float64)
+    reach = math.ceil(half_width)
+    norm = float(np.i0(_KAISER_BETA))
+    for k in range(-reach + 1, reach + 1):
+        idx = base + k
+        d = t - idx
+        u = np.clip(d / half_width, -1.0, 1.0)
+        window = np.i0(_KAISER_BETA * np.sqrt(1.0 - u * u)) / norm
+        window[np.abs(d) >= half_width] = 0.0
+        kernel = 2.0 * cutoff * np.sinc(2.0 * cutoff * d) * window
+        valid = (idx >= 0) & (idx < x.size)
+        out += np.where(valid, x[np.clip(idx, 0, x.size - 1)], 0.0) * kernel
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+
+def chime(rate: int = OUTPUT_RATE, seconds: float = 0.3) -> Int16Array:
+    """A soft two-note chime: the reply to a text turn, since the emulator has no TTS."""
+    n = int(rate * seconds)
+    t = np.arange(n, dtype=np.float64) / rate
+    freq = np.where(t < seconds / 2, 660.0, 880.0)
+    tone = 0.1 * np.sin(2 * np.pi * freq * t)
+    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.02)
+    return np.round(tone * fade * 32767).astype(np.int16)
