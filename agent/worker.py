@@ -23,6 +23,15 @@ class CallNotFound(KeyError):
     pass
 
 
+class WorkerBusy(Exception):
+    """No capacity for another call now; `retry_after_s` is a hint for the caller."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
 class Worker:
     def __init__(
         self,
@@ -30,17 +39,25 @@ class Worker:
         session_config: SessionConfig,
         ice_servers: list[dict[str, Any]],
         no_media_timeout_s: float = 10.0,
+        max_calls: int = 0,
     ) -> None:
         self._client = client
         self._session_config = session_config
         self._ice_servers = ice_servers
         self._no_media_timeout_s = no_media_timeout_s
+        self.max_calls = max_calls  # 0: no limit
+        self.accepting = True
         self.calls: dict[str, Call] = {}
         self.calls_started = 0
         self.calls_ended: dict[str, int] = {}
 
     async def create_call(self, offer_sdp: str) -> tuple[str, str]:
-        """Answer an offer: (call id, SDP answer). Raises OfferError for an offer it cannot take."""
+        """Answer an offer: (call id, SDP answer). Raises OfferError for an offer it cannot take,
+        WorkerBusy when it is full or draining."""
+        if not self.accepting:
+            raise WorkerBusy("this worker is shutting down")
+        if self.max_calls and len(self.calls) >= self.max_calls:
+            raise WorkerBusy(f"all {self.max_calls} call slots are in use")
         call = Call(
             self._client, self._session_config, self._ice_servers, self._no_media_timeout_s, self._forget
         )

@@ -100,6 +100,7 @@ async def start(
         session_config(settings, tools or ToolRegistry()),
         settings.ice_servers,
         settings.no_media_timeout_s,
+        max_calls=settings.max_calls,
     )
     page_config = {
         "iceServers": settings.ice_servers,

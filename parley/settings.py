@@ -69,6 +69,7 @@ class Settings:
     # 20 ms is one Opus frame: each packet goes to Gemini as it arrives, adding no buffering delay.
     uplink_chunk_ms: int = 20
     no_media_timeout_s: float = 10.0
+    max_calls: int = 0  # per process; 0: no limit
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     # None: every address aioice finds plus 127.0.0.1 (aioice leaves loopback out by itself).
     ice_host_addresses: list[str] | None = None
@@ -87,6 +88,7 @@ class Settings:
         s.gemini_ping_timeout_s = _env_float("PARLEY_GEMINI_PING_TIMEOUT", s.gemini_ping_timeout_s)
         s.uplink_chunk_ms = int(_env_float("PARLEY_UPLINK_CHUNK_MS", s.uplink_chunk_ms))
         s.no_media_timeout_s = _env_float("PARLEY_NO_MEDIA_TIMEOUT", s.no_media_timeout_s)
+        s.max_calls = int(_env_float("PARLEY_MAX_CALLS", s.max_calls))
         s.ice_servers = parse_ice_servers(os.environ.get("PARLEY_ICE_SERVERS", ""))
         s.ice_host_addresses = _env_list("PARLEY_ICE_HOST_ADDRESSES")
         s.web_root = os.environ.get("PARLEY_WEB_ROOT") or None

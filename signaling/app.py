@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agent.sdp import OfferError
+from agent.worker import WorkerBusy
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ async def create_call(request: web.Request) -> web.Response:
         call_id, answer = await request.app[CALL_HOST].create_call(offer)
     except OfferError as exc:
         return error(exc.status, exc.message)
+    except WorkerBusy as exc:
+        return error(503, f"busy: {exc.message}", **{"Retry-After": str(exc.retry_after_s)})
     location = f"/v1/calls/{call_id}"
     if as_json:
         return web.json_response(
