@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
@@ -27,6 +28,7 @@ from agent.gemini import GeminiSession, SessionConfig, SessionEnded
 from agent.ice import rtc_configuration
 from agent.sdp import ask_for_inband_fec, check_offer
 from agent.uplink import OpusUplink, tap_receiver
+from agent.vad import FRAME_S, Speech, SpeechDetector
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +48,24 @@ def percentiles(samples_s: Iterable[float]) -> dict[str, float] | None:
     return {"p50": at(0.5), "p95": at(0.95), "max": round(values[-1] * 1000, 2), "count": len(values)}
 
 
+@dataclass
+class CallOptions:
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    no_media_timeout_s: float = 10.0
+    # Stop the agent as soon as the local detector hears the user, before Gemini's `interrupted`.
+    local_bargein: bool = True
+    # False: stop streaming after a pause (audioStreamEnd) and resume with a pre-roll, to save cost.
+    send_silence: bool = True
+    pause_after_s: float = 1.0
+    preroll_s: float = 0.3
+
+
 class Call:
     def __init__(
         self,
         client: genai.Client,
         session_config: SessionConfig,
-        ice_servers: list[dict[str, Any]],
-        no_media_timeout_s: float,
+        options: CallOptions,
         on_ended: Callable[[Call], None],
     ) -> None:
         self.id = uuid.uuid4().hex
@@ -60,8 +73,8 @@ class Call:
         self.state = "new"
         self.end_reason: str | None = None
         self._on_ended = on_ended
-        self._no_media_timeout_s = no_media_timeout_s
-        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.options = options
+        self.pc = RTCPeerConnection(rtc_configuration(options.ice_servers))
         self.uplink = OpusUplink(self._on_caller_pcm)
         self.playout_buffer = PlayoutBuffer()
         self.model_audio = ModelAudio(self.playout_buffer)
@@ -74,6 +87,12 @@ class Call:
         self.bargein_stop_s: deque[float] = deque(maxlen=100)
         self.turns = 0
         self._turn_started = False
+        self._turn_interrupted = False
+        self.vad = SpeechDetector()
+        self.user_speech_ended_at: float | None = None
+        self._streaming = True
+        self._silent_since: float | None = None
+        self._preroll: deque[bytes] = deque(maxlen=max(1, round(options.preroll_s / FRAME_S)))
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -100,29 +119,70 @@ class Call:
     # --- the two directions ------------------------------------------------------------------
 
     def _on_caller_pcm(self, pcm: bytes, arrived_at: float) -> None:
-        self.session.send_audio(pcm, arrived_at)
+        self.vad.agent_speaking = self._turn_started or self.playout_buffer.queued > 0
+        for event in self.vad.feed(pcm):
+            if event is Speech.STARTED:
+                self.emit("user_speech_start")
+                if self.options.local_bargein and self.vad.agent_speaking:
+                    self._barge_in("local")
+                if not self._streaming:
+                    self._streaming = True
+                    for frame in self._preroll:
+                        self.session.send_audio(frame, arrived_at)
+                    self._preroll.clear()
+            else:
+                self.user_speech_ended_at = arrived_at
+                self._silent_since = arrived_at
+                self.emit("user_speech_end")
+        if self._streaming:
+            self.session.send_audio(pcm, arrived_at)
+            if (
+                not self.options.send_silence
+                and not self.vad.speaking
+                and self._silent_since is not None
+                and arrived_at - self._silent_since >= self.options.pause_after_s
+            ):
+                self._streaming = False
+                self._silent_since = None
+                self.session.end_audio_stream()
+        else:
+            self._preroll.append(pcm)
 
     def on_model_audio(self, pcm: bytes, arrived_at: float) -> None:
         if not self._turn_started:
             self._turn_started = True
+            self._turn_interrupted = False
             self.turns += 1
-            self.emit("agent_turn_start", turn=self.turns)
+            response_ms = None
+            if self.user_speech_ended_at is not None:
+                response_ms = round((arrived_at - self.user_speech_ended_at) * 1000)
+                self.user_speech_ended_at = None
+            self.emit("agent_turn_start", turn=self.turns, response_ms=response_ms)
         self.model_audio.push(pcm, arrived_at)
 
     def _on_playout_started(self, arrived_at: float) -> None:
         self.downlink_latency_s.append(time.monotonic() - arrived_at)
 
     def on_interrupted(self) -> None:
+        self._barge_in("gemini")
+
+    def _barge_in(self, source: str) -> None:
+        if self._turn_interrupted:
+            return  # the local detector already cut this turn
+        self._turn_interrupted = True
         started = time.monotonic()
         dropped = self.model_audio.interrupt()
         self.bargein_stop_s.append(time.monotonic() - started)
-        self.emit("interrupted", turn=self.turns, dropped_ms=round(dropped * 1000 / PLAYOUT_RATE))
+        self.emit(
+            "interrupted", turn=self.turns, source=source, dropped_ms=round(dropped * 1000 / PLAYOUT_RATE)
+        )
 
     def on_turn_complete(self) -> None:
         self.model_audio.end_turn()
         if self._turn_started:
-            self.emit("agent_turn_end", turn=self.turns)
+            self.emit("agent_turn_end", turn=self.turns, interrupted=self._turn_interrupted)
         self._turn_started = False
+        self._turn_interrupted = False
 
     def on_transcript(self, role: str, text: str, finished: bool) -> None:
         self.emit("transcript", role="user" if role == "user" else "agent", text=text, final=finished)
@@ -170,9 +230,9 @@ class Call:
 
     async def _watch_media(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self._no_media_timeout_s / 4))
+            await asyncio.sleep(min(1.0, self.options.no_media_timeout_s / 4))
             last = self.uplink.stats.last_packet_at or self.created_at
-            if time.monotonic() - last > self._no_media_timeout_s:
+            if time.monotonic() - last > self.options.no_media_timeout_s:
                 self.close("no_media")
                 return
 
@@ -223,6 +283,7 @@ class Call:
                 "recovered": uplink.recovered,
                 "decode_errors": uplink.decode_errors,
                 "audio_s_sent": round(stats.audio_bytes_sent / 32000, 2),
+                "audio_s_per_call_s": round(stats.audio_bytes_sent / 32000 / max(seconds, 1e-3), 3),
                 "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),
             },
             "downlink": {"frames": self.track.frames_sent, "silent_frames": self.track.silent_frames},

@@ -142,6 +142,15 @@ class GeminiSession:
         self._trim()
         self._wake.set()
 
+    def end_audio_stream(self) -> None:
+        """The caller paused: send what is buffered, then `audioStreamEnd` so Gemini ends the turn."""
+        if self._partial:
+            self._outbox.append((bytes(self._partial), self._partial_arrived_at))
+            self._outbox_bytes += len(self._partial)
+            self._partial.clear()
+        self._outbox.append((b"", 0.0))
+        self._wake.set()
+
     def _trim(self) -> None:
         # The two buffers together hold at most resend_buffer_s: the oldest audio goes first.
         while self._since_handle and self._since_handle_bytes + self._outbox_bytes > self._resend_limit:
@@ -317,6 +326,10 @@ class GeminiSession:
                 await self._wake.wait()
                 continue
             chunk, arrived_at = self._outbox[0]
+            if not chunk:  # the marker end_audio_stream() left
+                await conn.live.send_realtime_input(audio_stream_end=True)
+                self._outbox.popleft()
+                continue
             await conn.live.send_realtime_input(audio=types.Blob(data=chunk, mime_type=INPUT_MIME))
             if arrived_at:
                 self.uplink_latency_s.append(time.monotonic() - arrived_at)

@@ -12,7 +12,7 @@ from typing import Any
 
 from google import genai
 
-from agent.call import Call
+from agent.call import Call, CallOptions
 from agent.gemini import SessionConfig
 from agent.sdp import OfferError
 
@@ -37,14 +37,12 @@ class Worker:
         self,
         client: genai.Client,
         session_config: SessionConfig,
-        ice_servers: list[dict[str, Any]],
-        no_media_timeout_s: float = 10.0,
+        call_options: CallOptions,
         max_calls: int = 0,
     ) -> None:
         self._client = client
         self._session_config = session_config
-        self._ice_servers = ice_servers
-        self._no_media_timeout_s = no_media_timeout_s
+        self.call_options = call_options
         self.max_calls = max_calls  # 0: no limit
         self.accepting = True
         self.calls: dict[str, Call] = {}
@@ -58,9 +56,7 @@ class Worker:
             raise WorkerBusy("this worker is shutting down")
         if self.max_calls and len(self.calls) >= self.max_calls:
             raise WorkerBusy(f"all {self.max_calls} call slots are in use")
-        call = Call(
-            self._client, self._session_config, self._ice_servers, self._no_media_timeout_s, self._forget
-        )
+        call = Call(self._client, self._session_config, self.call_options, self._forget)
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer_sdp)

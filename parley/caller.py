@@ -220,7 +220,8 @@ class Caller:
         send_rtp = transport._send_rtp
 
         async def lossy_send_rtp(data: bytes, *args: Any, **kwargs: Any) -> None:
-            if self._random.random() < self._uplink_loss:
+            is_rtcp = len(data) > 1 and 192 <= data[1] <= 223  # RTCP shares this path
+            if not is_rtcp and self._random.random() < self._uplink_loss:
                 self.packets_dropped += 1
                 return
             await send_rtp(data, *args, **kwargs)

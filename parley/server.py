@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from emulator.server import GeminiEmulator
 from google import genai
 from google.genai import types
 
+from agent.call import CallOptions
 from agent.gemini import SessionConfig
 from agent.ice import offer_host_addresses
 from agent.tools import ToolRegistry
 from agent.worker import Worker
-from parley.settings import Settings
+from emulator.server import GeminiEmulator
+from parley.settings import GEMINI_ENV_KEYS, Settings
 from signaling.app import create_app
 
 logger = logging.getLogger("parley")
@@ -50,6 +51,8 @@ def make_client(settings: Settings, emulator: GeminiEmulator | None) -> genai.Cl
     # The key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE and the Vertex AI variables are read by the SDK.
     vertex = os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true", "yes")
     api_version = None if vertex else settings.gemini_api_version
+    if any(os.environ.get(k, "").startswith("auth_tokens/") for k in GEMINI_ENV_KEYS):
+        api_version = "v1alpha"  # ephemeral tokens exist only there (BidiGenerateContentConstrained)
     return genai.Client(http_options=types.HttpOptions(api_version=api_version, async_client_args=ws_args))
 
 
@@ -59,7 +62,20 @@ def session_config(settings: Settings, tools: ToolRegistry) -> SessionConfig:
         voice=settings.voice,
         system_instruction=settings.system_instruction,
         uplink_chunk_ms=settings.uplink_chunk_ms,
+        resend_buffer_s=settings.resend_buffer_s,
+        max_consecutive_failures=settings.max_reconnects,
+        context_compression=settings.context_compression,
         tools=tools,
+        tool_timeout_s=settings.tool_timeout_s,
+    )
+
+
+def call_options(settings: Settings) -> CallOptions:
+    return CallOptions(
+        ice_servers=settings.ice_servers,
+        no_media_timeout_s=settings.no_media_timeout_s,
+        local_bargein=settings.local_bargein,
+        send_silence=settings.send_silence,
     )
 
 
@@ -98,8 +114,7 @@ async def start(
     worker = Worker(
         client,
         session_config(settings, tools or ToolRegistry()),
-        settings.ice_servers,
-        settings.no_media_timeout_s,
+        call_options(settings),
         max_calls=settings.max_calls,
     )
     page_config = {

@@ -24,6 +24,17 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be true or false, got {raw!r}")
+
+
 def _env_list(name: str) -> list[str] | None:
     raw = os.environ.get(name)
     if raw is None:
@@ -70,6 +81,12 @@ class Settings:
     uplink_chunk_ms: int = 20
     no_media_timeout_s: float = 10.0
     max_calls: int = 0  # per process; 0: no limit
+    local_bargein: bool = True
+    send_silence: bool = True
+    context_compression: bool = True
+    resend_buffer_s: float = 15.0
+    max_reconnects: int = 4
+    tool_timeout_s: float = 10.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     # None: every address aioice finds plus 127.0.0.1 (aioice leaves loopback out by itself).
     ice_host_addresses: list[str] | None = None
@@ -89,6 +106,12 @@ class Settings:
         s.uplink_chunk_ms = int(_env_float("PARLEY_UPLINK_CHUNK_MS", s.uplink_chunk_ms))
         s.no_media_timeout_s = _env_float("PARLEY_NO_MEDIA_TIMEOUT", s.no_media_timeout_s)
         s.max_calls = int(_env_float("PARLEY_MAX_CALLS", s.max_calls))
+        s.local_bargein = _env_bool("PARLEY_LOCAL_BARGEIN", s.local_bargein)
+        s.send_silence = _env_bool("PARLEY_SEND_SILENCE", s.send_silence)
+        s.context_compression = _env_bool("PARLEY_CONTEXT_COMPRESSION", s.context_compression)
+        s.resend_buffer_s = _env_float("PARLEY_RESEND_BUFFER_S", s.resend_buffer_s)
+        s.max_reconnects = int(_env_float("PARLEY_MAX_RECONNECTS", s.max_reconnects))
+        s.tool_timeout_s = _env_float("PARLEY_TOOL_TIMEOUT", s.tool_timeout_s)
         s.ice_servers = parse_ice_servers(os.environ.get("PARLEY_ICE_SERVERS", ""))
         s.ice_host_addresses = _env_list("PARLEY_ICE_HOST_ADDRESSES")
         s.web_root = os.environ.get("PARLEY_WEB_ROOT") or None

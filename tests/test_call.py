@@ -8,11 +8,10 @@ import sys
 import time
 
 from emulator.server import GeminiEmulator
-
 from parley.caller import RATE, Caller, load_wav
 from parley.server import Running, start
-from tests.conftest import make_settings
 from tests.audio import best_alignment
+from tests.conftest import make_settings
 
 SPEECH = load_wav("tests/data/speech.wav")
 SPEECH_S = SPEECH.size / RATE

@@ -28,10 +28,16 @@ def test_existing_opus_fmtp_is_extended_not_duplicated() -> None:
     [
         ("hello", 400),
         ("v=0\r\n", 400),
-        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
-         "a=rtpmap:96 VP8/90000\r\n", 422),
-        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"
-         "a=rtpmap:0 PCMU/8000\r\n", 422),
+        (
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+            "a=rtpmap:96 VP8/90000\r\n",
+            422,
+        ),
+        (
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n"
+            "a=rtpmap:0 PCMU/8000\r\n",
+            422,
+        ),
         (ANSWER, 400),  # opus but no ICE credentials or fingerprint
     ],
 )

@@ -22,7 +22,9 @@ def encode_speech(fec: bool) -> tuple[np.ndarray, list[bytes]]:
     if fec:
         opus_encoder.encoder_ctl(encoder.encoder_state, ctl.set_inband_fec, 1)
         opus_encoder.encoder_ctl(encoder.encoder_state, ctl.set_packet_loss_perc, 20)
-    packets = [encoder.encode(speech48[i : i + 960].tobytes(), 960) for i in range(0, speech48.size - 959, 960)]
+    packets = [
+        encoder.encode(speech48[i : i + 960].tobytes(), 960) for i in range(0, speech48.size - 959, 960)
+    ]
     speech16 = speech48[::3]
     return speech16, packets
 
