@@ -24,8 +24,10 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google import genai
 
 from agent.downlink import PLAYOUT_RATE, ModelAudio, PlayoutBuffer, PlayoutTrack
-from agent.gemini import GeminiSession, SessionConfig, SessionEnded
+from agent.gemini import SessionConfig, SessionEnded
 from agent.ice import rtc_configuration
+from agent.loopback import make_session
+from agent.metrics import CallProbe, Metrics
 from agent.sdp import ask_for_inband_fec, check_offer
 from agent.uplink import OpusUplink, tap_receiver
 from agent.vad import FRAME_S, Speech, SpeechDetector
@@ -58,6 +60,7 @@ class CallOptions:
     send_silence: bool = True
     pause_after_s: float = 1.0
     preroll_s: float = 0.3
+    metrics: Metrics | None = None  # the process's Prometheus metrics (agent/metrics.py)
 
 
 class Call:
@@ -79,7 +82,7 @@ class Call:
         self.playout_buffer = PlayoutBuffer()
         self.model_audio = ModelAudio(self.playout_buffer)
         self.track = PlayoutTrack(self.playout_buffer, on_chunk_started=self._on_playout_started)
-        self.session = GeminiSession(client, session_config, self)
+        self.session = make_session(client, session_config, self)
         self.channel: RTCDataChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
@@ -93,6 +96,7 @@ class Call:
         self._streaming = True
         self._silent_since: float | None = None
         self._preroll: deque[bytes] = deque(maxlen=max(1, round(options.preroll_s / FRAME_S)))
+        self.probe = CallProbe(self, options.metrics)
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -156,6 +160,7 @@ class Call:
             response_ms = None
             if self.user_speech_ended_at is not None:
                 response_ms = round((arrived_at - self.user_speech_ended_at) * 1000)
+                self.probe.response(arrived_at, self.user_speech_ended_at)
                 self.user_speech_ended_at = None
             self.emit("agent_turn_start", turn=self.turns, response_ms=response_ms)
         self.model_audio.push(pcm, arrived_at)
@@ -172,15 +177,16 @@ class Call:
         self._turn_interrupted = True
         started = time.monotonic()
         dropped = self.model_audio.interrupt()
-        self.bargein_stop_s.append(time.monotonic() - started)
+        # measured to the first frame the track emits after the cut: silence leaving the agent
+        self.track.after_next_frame(lambda: self.bargein_stop_s.append(time.monotonic() - started))
         self.emit(
             "interrupted", turn=self.turns, source=source, dropped_ms=round(dropped * 1000 / PLAYOUT_RATE)
         )
 
-    def on_turn_complete(self) -> None:
+    def on_turn_complete(self, cut: bool = False) -> None:
         self.model_audio.end_turn()
         if self._turn_started:
-            self.emit("agent_turn_end", turn=self.turns, interrupted=self._turn_interrupted)
+            self.emit("agent_turn_end", turn=self.turns, interrupted=self._turn_interrupted, cut=cut)
         self._turn_started = False
         self._turn_interrupted = False
 
@@ -264,6 +270,7 @@ class Call:
             await self.pc.close()
         self.state = "ended"
         logger.info("call %s ended: %s", self.id[:8], json.dumps(self.summary()))
+        self.probe.ended()
         self._on_ended(self)
 
     def summary(self) -> dict[str, Any]:

@@ -31,27 +31,38 @@ class PlayoutBuffer:
     """48 kHz mono samples waiting to be played, as a queue of chunks with a read offset."""
 
     def __init__(self) -> None:
-        self._chunks: deque[tuple[np.ndarray, float]] = deque()
+        # (samples, arrival time, when an ideal player would start them: at arrival, or when the audio
+        # ahead of them has played, whichever is later)
+        self._chunks: deque[tuple[np.ndarray, float, float]] = deque()
         self._offset = 0
         self.queued = 0
+        self._ideal_end = 0.0
+        # For the chunk the last pop() started: when its first sample would have played in the ideal
+        # player, as a time to compare with the frame's send time (its offset in the frame taken off).
+        self.started_due: float | None = None
 
     def push(self, samples: np.ndarray, arrived_at: float) -> None:
         if samples.size:
-            self._chunks.append((samples, arrived_at))
+            due = max(arrived_at, self._ideal_end)
+            self._ideal_end = due + samples.size / PLAYOUT_RATE
+            self._chunks.append((samples, arrived_at, due))
             self.queued += samples.size
 
     def pop(self, count: int) -> tuple[np.ndarray, float | None]:
         """Up to `count` samples, and the arrival time of the first chunk this read started, if any."""
         parts: list[np.ndarray] = []
         started_chunk_at: float | None = None
+        taken = 0
         while count and self._chunks:
-            chunk, arrived_at = self._chunks[0]
+            chunk, arrived_at, due = self._chunks[0]
             if self._offset == 0 and started_chunk_at is None:
                 started_chunk_at = arrived_at
+                self.started_due = due - taken / PLAYOUT_RATE
             take = min(count, chunk.size - self._offset)
             parts.append(chunk[self._offset : self._offset + take])
             self._offset += take
             count -= take
+            taken += take
             if self._offset == chunk.size:
                 self._chunks.popleft()
                 self._offset = 0
@@ -66,6 +77,7 @@ class PlayoutBuffer:
         self._chunks.clear()
         self._offset = 0
         self.queued = 0
+        self._ideal_end = 0.0
         if head.size:
             ramp = np.linspace(1.0, 0.0, head.size, endpoint=False)
             self.push((head * ramp).astype(np.int16), time.monotonic())
@@ -124,6 +136,11 @@ class PlayoutTrack(MediaStreamTrack):
         self._pts = 0
         self.frames_sent = 0
         self.silent_frames = 0
+        self._after_frame: list[Callable[[], None]] = []
+
+    def after_next_frame(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the next frame leaves this track (for the barge-in and set-up timings)."""
+        self._after_frame.append(callback)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -142,11 +159,17 @@ class PlayoutTrack(MediaStreamTrack):
                 self.silent_frames += 1
             samples = np.concatenate([samples, np.zeros(FRAME_SAMPLES - samples.size, np.int16)])
         if chunk_arrived_at is not None and self._on_chunk_started is not None:
-            self._on_chunk_started(chunk_arrived_at)
+            # the time to measure the chunk's added latency from: its arrival, or the end of the audio
+            # queued ahead of it when it came (that wait is playback, not latency)
+            self._on_chunk_started(self.buffer.started_due or chunk_arrived_at)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = PLAYOUT_RATE
         frame.time_base = TIME_BASE
         frame.pts = self._pts
         self._pts += FRAME_SAMPLES
         self.frames_sent += 1
+        if self._after_frame:
+            callbacks, self._after_frame = self._after_frame, []
+            for callback in callbacks:
+                callback()
         return frame

@@ -39,7 +39,7 @@ INPUT_BYTES_PER_SECOND = 16000 * 2
 class SessionListener(Protocol):
     def on_model_audio(self, pcm: bytes, arrived_at: float) -> None: ...
     def on_interrupted(self) -> None: ...
-    def on_turn_complete(self) -> None: ...
+    def on_turn_complete(self, cut: bool = False) -> None: ...
     def on_transcript(self, role: str, text: str, finished: bool) -> None: ...
     def on_session_event(self, kind: str, detail: dict[str, Any]) -> None: ...
 
@@ -297,8 +297,8 @@ class GeminiSession:
         for task in conn.tool_tasks.values():
             task.cancel()
         if conn.generating:
-            # The cut-off turn will not complete on this connection.
-            self._listener.on_turn_complete()
+            # The cut-off turn will not complete on this connection; what was queued still plays.
+            self._listener.on_turn_complete(cut=True)
         with contextlib.suppress(Exception):
             await conn.exit_stack.aclose()
 

@@ -7,7 +7,9 @@ methods below (create_call, end_call, describe_call, stats), so a remote worker 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from google import genai
@@ -41,13 +43,15 @@ class Worker:
         max_calls: int = 0,
     ) -> None:
         self._client = client
-        self._session_config = session_config
+        self.session_config = session_config
         self.call_options = call_options
         self.max_calls = max_calls  # 0: no limit
         self.accepting = True
         self.calls: dict[str, Call] = {}
         self.calls_started = 0
         self.calls_ended: dict[str, int] = {}
+        # When set, each call gets its own ICE servers from it (fresh TURN credentials per call).
+        self.ice_server_source: Callable[[], list[dict[str, Any]]] | None = None
 
     async def create_call(self, offer_sdp: str) -> tuple[str, str]:
         """Answer an offer: (call id, SDP answer). Raises OfferError for an offer it cannot take,
@@ -56,7 +60,10 @@ class Worker:
             raise WorkerBusy("this worker is shutting down")
         if self.max_calls and len(self.calls) >= self.max_calls:
             raise WorkerBusy(f"all {self.max_calls} call slots are in use")
-        call = Call(self._client, self._session_config, self.call_options, self._forget)
+        options = self.call_options
+        if self.ice_server_source is not None:
+            options = dataclasses.replace(options, ice_servers=self.ice_server_source())
+        call = Call(self._client, self.session_config, options, self._forget)
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer_sdp)
@@ -90,6 +97,18 @@ class Worker:
             "calls_started": self.calls_started,
             "calls_ended": dict(self.calls_ended),
         }
+
+    async def drain(self, timeout_s: float) -> None:
+        """Take no new calls and let the current ones finish; after `timeout_s`, end those left."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.calls:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(0.1, left))
+        await self.close()
 
     async def close(self) -> None:
         await asyncio.gather(*(call.close("server_shutdown") for call in list(self.calls.values())))

@@ -96,7 +96,7 @@ def canonical_keys(obj: Mapping[str, Any]) -> set[str]:
 def decode_b64(data: Any, where: str) -> bytes:
     """Decode protobuf-JSON bytes: standard or URL-safe alphabet, padded or not."""
     if not isinstance(data, str):
-        raise ProtocolError(CLOSE_INVALID_ARGUMENT, f"Invalid value at '{where}' (TYPE_BYTES), expected a string")
+        raise ProtocolError(CLOSE_INVALID_ARGUMENT, f"Invalid value at '{where}' (TYPE_BYTES): not a string")
     text = data.strip().replace("-", "+").replace("_", "/")
     text += "=" * (-len(text) % 4)
     try:
@@ -132,8 +132,10 @@ def parse_client_message(raw: str | bytes) -> tuple[str, dict[str, Any]]:
     """
     try:
         message = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(CLOSE_INVALID_ARGUMENT, f"Invalid JSON payload received. {exc.msg}") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(CLOSE_INVALID_ARGUMENT, f"Invalid JSON payload received. {exc.msg}.") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(CLOSE_INVALID_ARGUMENT, "Invalid JSON payload received. Not UTF-8.") from None
     if not isinstance(message, dict):
         raise ProtocolError(CLOSE_INVALID_ARGUMENT, "Invalid JSON payload received. Expected an object.")
     kinds: list[str] = []
@@ -141,7 +143,8 @@ def parse_client_message(raw: str | bytes) -> tuple[str, dict[str, Any]]:
         snake = to_snake(key)
         if snake not in TOP_LEVEL_MESSAGES:
             raise ProtocolError(
-                CLOSE_INVALID_ARGUMENT, f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+                CLOSE_INVALID_ARGUMENT,
+                f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.',
             )
         kinds.append(snake)
     if len(kinds) != 1:
@@ -155,7 +158,9 @@ def parse_client_message(raw: str | bytes) -> tuple[str, dict[str, Any]]:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise ProtocolError(CLOSE_INVALID_ARGUMENT, f"Invalid JSON payload received. '{kind}' must be an object.")
+        raise ProtocolError(
+            CLOSE_INVALID_ARGUMENT, f"Invalid JSON payload received. '{kind}' is not an object."
+        )
     return kind, body
 
 
@@ -207,7 +212,7 @@ def parse_realtime_input(body: Mapping[str, Any]) -> RealtimeInput:
         name = sorted(unknown)[0]
         raise ProtocolError(
             CLOSE_INVALID_ARGUMENT,
-            f'Invalid JSON payload received. Unknown name "{name}" at \'realtime_input\': Cannot find field.',
+            f"Invalid JSON payload received. Unknown name \"{name}\" at 'realtime_input': Cannot find field.",
         )
     out = RealtimeInput()
     chunks = pick(body, "media_chunks")
@@ -224,7 +229,7 @@ def parse_realtime_input(body: Mapping[str, Any]) -> RealtimeInput:
     text = pick(body, "text")
     if text is not None:
         if not isinstance(text, str):
-            raise ProtocolError(CLOSE_INVALID_ARGUMENT, "Invalid value at 'realtime_input.text' (TYPE_STRING)")
+            raise ProtocolError(CLOSE_INVALID_ARGUMENT, "Invalid value at 'realtime_input.text'")
         out.text = text
     out.activity_start = pick(body, "activity_start") is not None
     out.activity_end = pick(body, "activity_end") is not None

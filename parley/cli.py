@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
     serve.add_argument(
         "--backend",
-        choices=["auto", "gemini", "emulator"],
+        choices=["auto", "gemini", "emulator", "loopback"],
         default=None,
         help="auto: Gemini when GEMINI_API_KEY is set, else the offline emulator",
     )
@@ -75,6 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     call.add_argument("--seconds", type=float, default=None, help="call length (default: the WAV plus 6 s)")
     call.add_argument("--uplink-loss", type=float, default=0.0, help="drop this fraction of sent RTP packets")
     call.set_defaults(run=_call)
+
+    from agent import fleet
+    from signaling import dispatch
+
+    signaling = commands.add_parser("signaling", help="the HTTP API in front of `parley worker`s, via Redis")
+    dispatch.add_arguments(signaling)
+    signaling.set_defaults(run=dispatch.run)
+    worker = commands.add_parser("worker", help="a headless agent worker taking calls through Redis")
+    fleet.add_arguments(worker)
+    worker.set_defaults(run=fleet.run)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -22,11 +22,14 @@ from google.genai import types
 from agent.call import CallOptions
 from agent.gemini import SessionConfig
 from agent.ice import offer_host_addresses
+from agent.loopback import loopback_client
+from agent.metrics import Metrics
 from agent.tools import ToolRegistry
 from agent.worker import Worker
 from emulator.server import GeminiEmulator
 from parley.settings import GEMINI_ENV_KEYS, Settings
-from signaling.app import create_app
+from signaling.app import add_metrics_route, create_app
+from signaling.middleware import use_turn
 
 logger = logging.getLogger("parley")
 
@@ -87,10 +90,13 @@ class Running:
     worker: Worker
     emulator: GeminiEmulator | None
     port: int
+    metrics: Metrics | None = None
 
     async def stop(self) -> None:
         await self.worker.close()
         await self.runner.cleanup()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.emulator is not None:
             await self.emulator.stop()
 
@@ -110,24 +116,28 @@ async def start(
             "speech echoed back after each turn)",
             emulator.base_url,
         )
-    client = make_client(settings, emulator)
-    worker = Worker(
-        client,
-        session_config(settings, tools or ToolRegistry()),
-        call_options(settings),
-        max_calls=settings.max_calls,
-    )
+    client = loopback_client() if backend == "loopback" else make_client(settings, emulator)
+    metrics = Metrics()
+    options = call_options(settings)
+    options.metrics = metrics
+    if backend == "loopback":
+        options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
+    tools_registry = tools or ToolRegistry()
+    worker = Worker(client, session_config(settings, tools_registry), options, max_calls=settings.max_calls)
     page_config = {
         "iceServers": settings.ice_servers,
         "emulator": emulator is not None,
         "model": settings.model,
     }
     web_root = Path(settings.web_root) if settings.web_root else WEB_ROOT
-    app = create_app(worker, web_root, page_config)
+    app = create_app(worker, web_root, page_config, allowed_origins=settings.allowed_origins)
+    add_metrics_route(app, metrics.render)
+    use_turn(settings, app, worker, page_config)  # fresh TURN credentials per page and per call
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    metrics.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     port = sockets[0].getsockname()[1] if sockets else settings.port
@@ -138,7 +148,7 @@ async def start(
         backend,
         settings.model,
     )
-    return Running(runner, worker, emulator if own_emulator else None, port)
+    return Running(runner, worker, emulator if own_emulator else None, port, metrics)
 
 
 async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:

@@ -90,7 +90,26 @@ class Settings:
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     # None: every address aioice finds plus 127.0.0.1 (aioice leaves loopback out by itself).
     ice_host_addresses: list[str] | None = None
+    # Other sites that may use this server from a browser (the widget): "https://example.com", ...;
+    # empty: this server's own origin only.
+    allowed_origins: list[str] = field(default_factory=list)
     web_root: str | None = None
+    # Scale-out (`parley signaling` / `parley worker`): see agent/fleet.py and signaling/dispatch.py.
+    redis_url: str | None = None
+    redis_prefix: str = "parley"
+    heartbeat_s: float = 0.5  # how often a worker reports its load
+    worker_ttl_s: float = 2.0  # a worker silent this long is dead (a few missed heartbeats)
+    dispatch_timeout_s: float = 10.0  # signaling waits this long for a worker's answer
+    drain_timeout_s: float = 300.0  # SIGTERM: how long a worker lets its calls finish
+    worker_max_lag_ms: float = 100.0  # above this event-loop lag a worker takes no new calls
+    worker_max_cpu: float = 0.9  # ... or above this CPU (fraction of one core)
+    worker_id: str | None = None
+    worker_health_host: str = "127.0.0.1"
+    worker_health_port: int = 0  # 0: no health endpoint
+    # TURN with coturn's shared-secret scheme: credentials are minted per page and per call.
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: float = 4 * 3600.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -115,11 +134,26 @@ class Settings:
         s.ice_servers = parse_ice_servers(os.environ.get("PARLEY_ICE_SERVERS", ""))
         s.ice_host_addresses = _env_list("PARLEY_ICE_HOST_ADDRESSES")
         s.web_root = os.environ.get("PARLEY_WEB_ROOT") or None
+        s.allowed_origins = _env_list("PARLEY_ALLOWED_ORIGINS") or []
+        s.redis_url = os.environ.get("PARLEY_REDIS_URL") or None
+        s.redis_prefix = os.environ.get("PARLEY_REDIS_PREFIX") or s.redis_prefix
+        s.heartbeat_s = _env_float("PARLEY_HEARTBEAT_INTERVAL", s.heartbeat_s)
+        s.worker_ttl_s = _env_float("PARLEY_WORKER_TTL", s.worker_ttl_s)
+        s.dispatch_timeout_s = _env_float("PARLEY_DISPATCH_TIMEOUT", s.dispatch_timeout_s)
+        s.drain_timeout_s = _env_float("PARLEY_DRAIN_TIMEOUT", s.drain_timeout_s)
+        s.worker_max_lag_ms = _env_float("PARLEY_WORKER_MAX_LAG_MS", s.worker_max_lag_ms)
+        s.worker_max_cpu = _env_float("PARLEY_WORKER_MAX_CPU", s.worker_max_cpu)
+        s.worker_id = os.environ.get("PARLEY_WORKER_ID") or None
+        s.worker_health_host = os.environ.get("PARLEY_WORKER_HEALTH_HOST", s.worker_health_host)
+        s.worker_health_port = int(_env_float("PARLEY_WORKER_HEALTH_PORT", s.worker_health_port))
+        s.turn_urls = _env_list("PARLEY_TURN_URLS") or []
+        s.turn_secret = os.environ.get("PARLEY_TURN_SECRET") or None
+        s.turn_ttl_s = _env_float("PARLEY_TURN_TTL", s.turn_ttl_s)
         return s
 
     def resolved_backend(self) -> str:
         if self.backend == "auto":
             return "gemini" if gemini_configured() else "emulator"
-        if self.backend not in ("gemini", "emulator"):
-            raise SystemExit(f"unknown backend {self.backend!r}: use auto, gemini or emulator")
+        if self.backend not in ("gemini", "emulator", "loopback"):
+            raise SystemExit(f"unknown backend {self.backend!r}: use auto, gemini, emulator or loopback")
         return self.backend

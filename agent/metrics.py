@@ -1,0 +1,301 @@
+"""Prometheus metrics for one agent process, from timestamps the calls take anyway.
+
+`Metrics` owns its own `CollectorRegistry` (never the global one, so several servers can live in one
+process, as in the tests) and is served as text by `GET /metrics`. Each call gets a `CallProbe` when it
+is made: the probe swaps the call's bounded latency deques for ones that also feed the histograms, so
+the media path itself calls nothing new.
+
+Histograms (seconds):
+  parley_uplink_latency_seconds     RTP packet arrival -> its PCM written to the Gemini socket
+  parley_downlink_latency_seconds   Gemini audio arrival -> its first sample handed to the encoder, less
+                                    the audio queued ahead of it (what an ideal player would also wait)
+  parley_bargein_stop_seconds       `interrupted` or the local VAD's decision -> the first frame the
+                                    outgoing track emits after the cut
+  parley_response_seconds           end of the user's speech -> the first audio of the agent's answer
+  parley_first_audio_seconds        offer received -> the first outgoing audio frame
+  parley_event_loop_lag_seconds     how late a 50 ms timer fires (a sampler task)
+Counters and gauges: active calls, calls started, calls ended by reason, uplink frames by outcome
+(decoded, late, concealed, recovered, decode_error), downlink frames (audio, silent), Gemini
+connections, reconnects and tokens, seconds of audio sent to Gemini.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from agent.call import Call
+
+# Media-path latencies: fine steps around the 20-40 ms that matter.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.0225, 0.025,
+    0.03, 0.035, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+)  # fmt: skip
+RESPONSE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+SETUP_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+LOOP_LAG_INTERVAL_S = 0.05
+VAD_FRAME_S = 0.02  # agent.vad's frame
+
+
+class ObservedSamples(deque[float]):
+    """A call's bounded deque of latency samples that also feeds a histogram on every append."""
+
+    def __init__(
+        self, observe: Callable[[float], None], samples: Iterable[float], maxlen: int | None
+    ) -> None:
+        super().__init__(samples, maxlen)
+        self._observe = observe
+
+    def append(self, value: float) -> None:
+        super().append(value)
+        self._observe(value)
+
+
+class Metrics:
+    """Every metric of one agent process, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.uplink_latency = Histogram(
+            "parley_uplink_latency_seconds",
+            "RTP packet arrival to its PCM on the Gemini socket",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.downlink_latency = Histogram(
+            "parley_downlink_latency_seconds",
+            "Gemini audio arrival to its first sample handed to the encoder, beyond the audio queued ahead",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bargein_stop = Histogram(
+            "parley_bargein_stop_seconds",
+            "interrupted (or the local VAD) to the first outgoing frame after the cut",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.response = Histogram(
+            "parley_response_seconds",
+            "end of the user's speech to the first audio of the agent's answer",
+            buckets=RESPONSE_BUCKETS,
+            registry=r,
+        )
+        self.first_audio = Histogram(
+            "parley_first_audio_seconds",
+            "offer received to the first outgoing audio frame",
+            buckets=SETUP_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "parley_event_loop_lag_seconds",
+            f"how late a {LOOP_LAG_INTERVAL_S * 1000:.0f} ms timer on the event loop fires",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.calls_started = Counter("parley_calls_started", "calls created (offers taken)", registry=r)
+        self.calls_ended = Counter("parley_calls_ended", "calls ended, by reason", ["reason"], registry=r)
+        self.active_calls = Gauge("parley_active_calls", "calls in progress", registry=r)
+        self._totals = _CallTotals()
+        r.register(self._totals)
+        self._sampler: asyncio.Task[None] | None = None
+
+    # --- the process --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the event-loop lag sampler (call from the running loop)."""
+        if self._sampler is None:
+            self._sampler = asyncio.create_task(
+                sample_loop_lag(self.loop_lag.observe), name="metrics-loop-lag"
+            )
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type (format 0.0.4: every scraper reads it)."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def probe(self, call: Call) -> CallProbe:
+        return CallProbe(call, self)
+
+
+class CallProbe:
+    """One call's link to the metrics; with no `Metrics` every method does nothing."""
+
+    def __init__(self, call: Call, metrics: Metrics | None) -> None:
+        self._call = call
+        self._metrics = metrics
+        if metrics is None:
+            return
+        session = call.session
+        session.uplink_latency_s = ObservedSamples(
+            metrics.uplink_latency.observe, session.uplink_latency_s, session.uplink_latency_s.maxlen
+        )
+        call.downlink_latency_s = ObservedSamples(
+            metrics.downlink_latency.observe, call.downlink_latency_s, call.downlink_latency_s.maxlen
+        )
+        call.bargein_stop_s = ObservedSamples(
+            metrics.bargein_stop.observe, call.bargein_stop_s, call.bargein_stop_s.maxlen
+        )
+        metrics.calls_started.inc()
+        metrics.active_calls.inc()
+        metrics._totals.live.add(self)
+        created = call.created_at
+        call.track.after_next_frame(lambda: metrics.first_audio.observe(time.monotonic() - created))
+
+    def response(self, answered_at: float, speech_end_decided_at: float) -> None:
+        """The agent's first audio of a turn arrived at `answered_at`; the local VAD decided the user had
+        stopped at `speech_end_decided_at`, its hangover (silence it waits for) after the speech ended."""
+        if self._metrics is not None:
+            hangover_s = getattr(self._call.vad, "_hangover", 0) * VAD_FRAME_S
+            self._metrics.response.observe(max(0.0, answered_at - speech_end_decided_at + hangover_s))
+
+    def ended(self) -> None:
+        metrics = self._metrics
+        if metrics is None or self not in metrics._totals.live:
+            return
+        metrics._totals.retire(self)
+        metrics.active_calls.dec()
+        metrics.calls_ended.labels(reason=self._call.end_reason or "unknown").inc()
+
+    def counts(self) -> dict[str, float]:
+        """This call's running totals, as the `_CallTotals` collector exports them."""
+        call = self._call
+        up = call.uplink.stats
+        s = call.session.stats
+        track = call.track
+        return {
+            "decoded": up.packets,
+            "late": up.late,
+            "concealed": up.concealed,
+            "recovered": up.recovered,
+            "decode_error": up.decode_errors,
+            "audio_frames": track.frames_sent - track.silent_frames,
+            "silent_frames": track.silent_frames,
+            "connections": s.connections,
+            "reconnects": s.reconnects,
+            "prompt": s.prompt_tokens,
+            "response": s.response_tokens,
+            "total": s.total_tokens,
+            "audio_s": s.audio_bytes_sent / 32000,
+        }
+
+
+class _CallTotals(Collector):
+    """Counters summed over the live calls plus everything the ended ones counted."""
+
+    def __init__(self) -> None:
+        self.live: set[CallProbe] = set()
+        self.ended: dict[str, float] = {}
+
+    def retire(self, probe: CallProbe) -> None:
+        self.live.discard(probe)
+        for key, value in probe.counts().items():
+            self.ended[key] = self.ended.get(key, 0.0) + value
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterable[Metric]:
+        totals = dict(self.ended)
+        for probe in list(self.live):
+            for key, value in probe.counts().items():
+                totals[key] = totals.get(key, 0.0) + value
+        return list(self._families(totals))
+
+    @staticmethod
+    def _families(t: dict[str, float]) -> Iterator[Metric]:
+        def get(key: str) -> float:
+            return t.get(key, 0.0)
+
+        frames = CounterMetricFamily(
+            "parley_uplink_frames", "caller audio frames by outcome", labels=["outcome"]
+        )
+        for outcome in ("decoded", "late", "concealed", "recovered", "decode_error"):
+            frames.add_metric([outcome], get(outcome))
+        yield frames
+        down = CounterMetricFamily("parley_downlink_frames", "frames sent to callers", labels=["kind"])
+        down.add_metric(["audio"], get("audio_frames"))
+        down.add_metric(["silent"], get("silent_frames"))
+        yield down
+        yield CounterMetricFamily("parley_gemini_connections", "Live connections opened", get("connections"))
+        yield CounterMetricFamily(
+            "parley_gemini_reconnects", "Live connections opened to go on a conversation", get("reconnects")
+        )
+        tokens = CounterMetricFamily("parley_gemini_tokens", "tokens Gemini reported", labels=["kind"])
+        for kind in ("prompt", "response", "total"):
+            tokens.add_metric([kind], get(kind))
+        yield tokens
+        yield CounterMetricFamily(
+            "parley_gemini_audio_sent_seconds", "caller audio sent to Gemini", get("audio_s")
+        )
+
+
+async def sample_loop_lag(observe: Callable[[float], None], interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observe how late a timer fires, forever: the event loop's scheduling delay."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        observe(max(0.0, loop.time() - due))
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """A quantile from cumulative (upper bound, count) pairs, interpolated as Prometheus does."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return prev_bound
+
+
+def parse_histograms(text: str) -> dict[str, Any]:
+    """Histogram buckets, sums and counts (and plain samples) from Prometheus text, for tests and bench."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type == "histogram":
+            buckets = [
+                (float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")
+            ]
+            total = sum(s.value for s in family.samples if s.name.endswith("_sum"))
+            count = sum(s.value for s in family.samples if s.name.endswith("_count"))
+            out[family.name] = {"buckets": buckets, "sum": total, "count": count}
+        else:
+            for s in family.samples:
+                key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+                out[key] = s.value
+    return out

@@ -1,0 +1,93 @@
+"""`parley emulator`: run the Gemini Live emulator on its own until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shlex
+import signal
+
+from .options import EmulatorOptions
+from .server import GeminiEmulator
+
+log = logging.getLogger("emulator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9443, help="port to listen on (default 9443; 0: any)")
+    parser.add_argument(
+        "--scenario", metavar="FILE", help="JSON object of emulator options (faults, timings)"
+    )
+    parser.add_argument("--lifetime", type=float, default=None, help="connection lifetime in seconds (600)")
+    parser.add_argument(
+        "--goaway-lead", type=float, default=None, help="goAway this long before the end (50)"
+    )
+    parser.add_argument("--reply-speed", type=float, default=None, help="reply send rate vs real time (4)")
+    parser.add_argument("--reply-chunk-ms", type=int, default=None, help="audio per reply message (200)")
+    parser.add_argument(
+        "--reply-delay", type=float, default=None, help="seconds before a reply starts (0.05)"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="PATTERN",
+        help="accept models matching this fnmatch pattern (repeatable; default: gemini-*)",
+    )
+    parser.add_argument(
+        "--cert-dir",
+        metavar="DIR",
+        help="keep the CA and certificate here and reuse them, so SSL_CERT_FILE stays valid across runs",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    """Scenario file first, then the explicit flags on top of it."""
+    options = EmulatorOptions.from_json_file(args.scenario) if args.scenario else EmulatorOptions()
+    overrides = {
+        "lifetime_s": args.lifetime,
+        "goaway_lead_s": args.goaway_lead,
+        "reply_speed": args.reply_speed,
+        "reply_chunk_ms": args.reply_chunk_ms,
+        "reply_delay_s": args.reply_delay,
+        "model_patterns": args.model,
+        "cert_dir": args.cert_dir,
+    }
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
+
+
+async def _serve(emulator: GeminiEmulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await emulator.start()
+    try:
+        log.warning(
+            "Gemini Live emulator at %s (wss), CA certificate %s", emulator.base_url, emulator.ca_file
+        )
+        log.warning(
+            "point the google-genai SDK at it with:\n"
+            "  export GOOGLE_GEMINI_BASE_URL=%s\n"
+            "  export SSL_CERT_FILE=%s",
+            shlex.quote(emulator.base_url),
+            shlex.quote(emulator.ca_file),
+        )
+        await stop.wait()
+    finally:
+        log.warning("emulator shutting down (%d connections served)", len(emulator.connections))
+        await emulator.stop()
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        options = options_from_args(args)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"emulator: {exc}") from None
+    emulator = GeminiEmulator(host=args.host, port=args.port, options=options)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(emulator))
