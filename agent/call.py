@@ -28,7 +28,7 @@ from agent.gemini import SessionConfig, SessionEnded
 from agent.ice import rtc_configuration
 from agent.loopback import make_session
 from agent.metrics import CallProbe, Metrics
-from agent.sdp import ask_for_inband_fec, check_offer
+from agent.sdp import OfferError, ask_for_inband_fec, check_offer
 from agent.uplink import OpusUplink, tap_receiver
 from agent.vad import FRAME_S, Speech, SpeechDetector
 
@@ -60,6 +60,8 @@ class CallOptions:
     send_silence: bool = True
     pause_after_s: float = 1.0
     preroll_s: float = 0.3
+    # How long a call whose connection failed waits for the caller to rejoin it.
+    rejoin_grace_s: float = 20.0
     metrics: Metrics | None = None  # the process's Prometheus metrics (agent/metrics.py)
 
 
@@ -89,6 +91,8 @@ class Call:
         self.downlink_latency_s: deque[float] = deque(maxlen=1000)
         self.bargein_stop_s: deque[float] = deque(maxlen=100)
         self.turns = 0
+        self.rejoins = 0
+        self.reconnecting_since: float | None = None
         self._turn_started = False
         self._turn_interrupted = False
         self.vad = SpeechDetector()
@@ -103,8 +107,47 @@ class Call:
     async def answer(self, offer_sdp: str) -> str:
         """Accept the caller's offer; the Gemini connection opens while ICE and DTLS run."""
         check_offer(offer_sdp)
-        pc = self.pc
-        pc.on("connectionstatechange", self._on_connection_state)
+        answer = await self._negotiate(self.pc, offer_sdp)
+        self._tasks.append(asyncio.create_task(self._run_session(), name=f"gemini-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._watch_media(), name=f"watchdog-{self.id}"))
+        self.state = "connecting"
+        return answer
+
+    async def rejoin(self, offer_sdp: str) -> str:
+        """A new peer connection from the same caller (network switch, ICE failure) takes over this call.
+
+        aiortc has no ICE restart, so the caller makes a fresh connection; the Gemini session, its
+        context and the agent's queued speech carry on as if nothing happened.
+        """
+        check_offer(offer_sdp)
+        if self._closing is not None:
+            raise OfferError(404, "that call has ended")
+        old = self.pc
+        self.pc = RTCPeerConnection(rtc_configuration(self.options.ice_servers))
+        self.uplink = OpusUplink(self._on_caller_pcm)  # a new stream: new SSRC and sequence numbers
+        self.track = PlayoutTrack(self.playout_buffer, on_chunk_started=self._on_playout_started)
+        self.channel = None
+        try:
+            answer = await self._negotiate(self.pc, offer_sdp)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+            self.pc = old
+            raise
+        self.rejoins += 1
+        self.reconnecting_since = None
+        self.state = "connecting"
+        with contextlib.suppress(Exception):
+            await old.close()
+        return answer
+
+    async def _negotiate(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
+        # Handlers ignore a peer connection that has since been replaced by a rejoin.
+        async def on_state() -> None:
+            if pc is self.pc:
+                await self._on_connection_state()
+
+        pc.on("connectionstatechange", on_state)
         pc.on("datachannel", self._on_datachannel)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
@@ -114,10 +157,7 @@ class Call:
         tap_receiver(transceiver.receiver, self.uplink)
         for extra in audio[1:]:
             extra.direction = "inactive"
-        self._tasks.append(asyncio.create_task(self._run_session(), name=f"gemini-{self.id}"))
-        self._tasks.append(asyncio.create_task(self._watch_media(), name=f"watchdog-{self.id}"))
         await pc.setLocalDescription(await pc.createAnswer())
-        self.state = "connecting"
         return ask_for_inband_fec(pc.localDescription.sdp)
 
     # --- the two directions ------------------------------------------------------------------
@@ -237,8 +277,14 @@ class Call:
     async def _watch_media(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.options.no_media_timeout_s / 4))
+            now = time.monotonic()
+            if self.reconnecting_since is not None:
+                if now - self.reconnecting_since > self.options.rejoin_grace_s:
+                    self.close("connection_failed")
+                    return
+                continue
             last = self.uplink.stats.last_packet_at or self.created_at
-            if time.monotonic() - last > self.options.no_media_timeout_s:
+            if now - last > self.options.no_media_timeout_s:
                 self.close("no_media")
                 return
 
@@ -246,6 +292,15 @@ class Call:
         state = self.pc.connectionState
         if state == "connected":
             self.state = "active"
+        elif state == "failed" and self.options.rejoin_grace_s > 0:
+            # The caller may come back on a new connection (POST /v1/calls with "resume").
+            self.state = "reconnecting"
+            self.reconnecting_since = time.monotonic()
+            logger.info(
+                "call %s: connection failed, waiting %g s for the caller to rejoin",
+                self.id[:8],
+                self.options.rejoin_grace_s,
+            )
         elif state in ("failed", "closed"):
             self.close("connection_failed" if state == "failed" else "peer_closed")
 
@@ -283,6 +338,7 @@ class Call:
             "end_reason": self.end_reason,
             "seconds": round(seconds, 2),
             "turns": self.turns,
+            "rejoins": self.rejoins,
             "uplink": {
                 "packets": uplink.packets,
                 "late": uplink.late,

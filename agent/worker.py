@@ -79,6 +79,18 @@ class Worker:
         self.calls_started += 1
         return call.id, answer
 
+    async def resume_call(self, call_id: str, offer_sdp: str) -> str:
+        """A caller whose connection failed rejoins its call with a new offer; returns the answer."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CallNotFound(call_id)
+        try:
+            return await call.rejoin(offer_sdp)
+        except OfferError:
+            raise
+        except Exception as exc:
+            raise OfferError(400, f"the offer could not be negotiated: {type(exc).__name__}: {exc}"[:300]) from None
+
     async def end_call(self, call_id: str, reason: str = "hangup") -> None:
         call = self.calls.get(call_id)
         if call is None:

@@ -183,7 +183,8 @@ class Caller:
         self._connected = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
 
-    async def connect(self, timeout_s: float = 10.0) -> None:
+    async def connect(self, timeout_s: float = 10.0, resume: str | None = None) -> None:
+        """Call the server; with `resume`, rejoin that call on this new connection."""
         pc = self.pc
         sender = pc.addTrack(self.mic)
         if self._fec:
@@ -199,6 +200,7 @@ class Caller:
         self._session = aiohttp.ClientSession()
         async with self._session.post(
             urljoin(self.server_url, "v1/calls"),
+            params={"resume": resume} if resume else None,
             data=pc.localDescription.sdp,
             headers={"Content-Type": "application/sdp"},
         ) as response:

@@ -79,6 +79,7 @@ def call_options(settings: Settings) -> CallOptions:
         no_media_timeout_s=settings.no_media_timeout_s,
         local_bargein=settings.local_bargein,
         send_silence=settings.send_silence,
+        rejoin_grace_s=settings.rejoin_grace_s,
     )
 
 

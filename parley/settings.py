@@ -87,6 +87,7 @@ class Settings:
     resend_buffer_s: float = 15.0
     max_reconnects: int = 4
     tool_timeout_s: float = 10.0
+    rejoin_grace_s: float = 20.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     # None: every address aioice finds plus 127.0.0.1 (aioice leaves loopback out by itself).
     ice_host_addresses: list[str] | None = None
@@ -131,6 +132,7 @@ class Settings:
         s.resend_buffer_s = _env_float("PARLEY_RESEND_BUFFER_S", s.resend_buffer_s)
         s.max_reconnects = int(_env_float("PARLEY_MAX_RECONNECTS", s.max_reconnects))
         s.tool_timeout_s = _env_float("PARLEY_TOOL_TIMEOUT", s.tool_timeout_s)
+        s.rejoin_grace_s = _env_float("PARLEY_REJOIN_GRACE", s.rejoin_grace_s)
         s.ice_servers = parse_ice_servers(os.environ.get("PARLEY_ICE_SERVERS", ""))
         s.ice_host_addresses = _env_list("PARLEY_ICE_HOST_ADDRESSES")
         s.web_root = os.environ.get("PARLEY_WEB_ROOT") or None

@@ -298,3 +298,37 @@ async def test_paused_uplink_sends_stream_end_and_keeps_the_first_syllable(emula
     finally:
         await caller.hang_up()
         await running.stop()
+
+
+async def test_a_new_connection_rejoins_the_same_session(
+    server: Running, url: str, emulator: GeminiEmulator
+) -> None:
+    first = Caller(url)
+    await first.connect()
+    second = Caller(url)
+    try:
+        await take_turn(first, SHORT)
+        assert first.call_url is not None
+        call_id = first.call_url.rsplit("/", 1)[1]
+        # the first connection is lost without a word (a network switch); the page comes back on a new one
+        first.mic.stop()
+        await second.connect(resume=call_id)
+        assert second.call_url == first.call_url
+        said_at = asyncio.get_running_loop().time()
+        await take_turn(second, SPEECH, timeout_s=20)
+        _, match = best_alignment(SPEECH, heard_since(second, said_at))
+        assert match > 0.7, match
+        state = await second.call_state()
+        assert state["rejoins"] == 1 and state["state"] == "active"
+        assert len(emulator.connections) == 1  # the same Gemini session went on
+        assert list(server.worker.calls) == [call_id]
+    finally:
+        await second.hang_up()
+        await first.hang_up()
+
+
+async def test_resuming_an_unknown_call_is_404(url: str) -> None:
+    caller = Caller(url)
+    with pytest.raises(RuntimeError, match="404"):
+        await caller.connect(resume="no-such-call")
+    await caller.hang_up()
