@@ -89,7 +89,8 @@ class Worker:
         except OfferError:
             raise
         except Exception as exc:
-            raise OfferError(400, f"the offer could not be negotiated: {type(exc).__name__}: {exc}"[:300]) from None
+            message = f"the offer could not be negotiated: {type(exc).__name__}: {exc}"
+            raise OfferError(400, message[:300]) from None
 
     async def end_call(self, call_id: str, reason: str = "hangup") -> None:
         call = self.calls.get(call_id)

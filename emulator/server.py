@@ -50,6 +50,7 @@ class GeminiEmulator:
         self._certs: certs.CertPaths | None = None
         self._temp_dir: str | None = None
         self._sessions: set[LiveSession] = set()
+        self.tokens_issued = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -63,6 +64,7 @@ class GeminiEmulator:
             self._temp_dir = tempfile.mkdtemp(prefix="parley-emulator-")
             self._certs = certs.generate(self._temp_dir)
         app = web.Application()
+        app.router.add_post("/token", self._oauth_token)
         app.router.add_route("GET", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
@@ -131,6 +133,17 @@ class GeminiEmulator:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        """Google's OAuth2 token endpoint, so Vertex AI's Application Default Credentials work offline:
+        an ADC file whose `token_uri` is `{base_url}/token` gets a bearer token here."""
+        form = await request.post()
+        if form.get("grant_type") not in ("refresh_token", "urn:ietf:params:oauth:grant-type:jwt-bearer"):
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        self.tokens_issued += 1
+        return web.json_response(
+            {"access_token": f"ya29.emulator-{self.tokens_issued}", "expires_in": 3600, "token_type": "Bearer"}
+        )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         route = match_route(request.path)

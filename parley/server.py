@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from google import genai
 from google.genai import types
 
 from agent.call import CallOptions
+from agent.credentials import FreshCredentials
 from agent.gemini import SessionConfig
 from agent.ice import offer_host_addresses
 from agent.loopback import loopback_client
@@ -36,7 +37,9 @@ logger = logging.getLogger("parley")
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
-def make_client(settings: Settings, emulator: GeminiEmulator | None) -> genai.Client:
+def make_client(
+    settings: Settings, emulator: GeminiEmulator | None, credentials: FreshCredentials | None = None
+) -> genai.Client:
     """A google-genai client: the SDK's own environment for Gemini, or the in-process emulator."""
     ws_args: dict[str, Any] = {
         "ping_interval": settings.gemini_ping_interval_s,
@@ -52,11 +55,38 @@ def make_client(settings: Settings, emulator: GeminiEmulator | None) -> genai.Cl
             ),
         )
     # The key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE and the Vertex AI variables are read by the SDK.
-    vertex = os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true", "yes")
-    api_version = None if vertex else settings.gemini_api_version
+    if vertex_configured():
+        # Said explicitly, so the SDK reads GOOGLE_VERTEX_BASE_URL (from its environment flag alone it
+        # would look at GOOGLE_GEMINI_BASE_URL).
+        # Project and location are passed on too: from the environment alone, a custom base URL makes the
+        # SDK treat the endpoint as an unauthenticated API gateway.
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT") or (credentials.project if credentials else None)
+        return genai.Client(
+            vertexai=True,
+            project=project,
+            location=os.environ.get("GOOGLE_CLOUD_LOCATION"),
+            credentials=credentials.credentials if credentials is not None else None,
+            http_options=types.HttpOptions(async_client_args=ws_args),
+        )
+    api_version = settings.gemini_api_version
     if any(os.environ.get(k, "").startswith("auth_tokens/") for k in GEMINI_ENV_KEYS):
         api_version = "v1alpha"  # ephemeral tokens exist only there (BidiGenerateContentConstrained)
     return genai.Client(http_options=types.HttpOptions(api_version=api_version, async_client_args=ws_args))
+
+
+def vertex_configured() -> bool:
+    return os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true", "yes")
+
+
+async def fresh_vertex_credentials(background: list[asyncio.Task[None]]) -> FreshCredentials | None:
+    """ADC for Vertex AI (not with an API key), refreshed in the background; None when not wanted."""
+    if not vertex_configured() or any(os.environ.get(k) for k in GEMINI_ENV_KEYS):
+        return None
+    credentials = FreshCredentials()
+    if not await asyncio.to_thread(credentials.load):
+        return None
+    background.append(asyncio.create_task(credentials.keep_fresh()))
+    return credentials
 
 
 def session_config(settings: Settings, tools: ToolRegistry) -> SessionConfig:
@@ -91,9 +121,12 @@ class Running:
     worker: Worker
     emulator: GeminiEmulator | None
     port: int
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics | None = None
 
     async def stop(self) -> None:
+        for task in self.background:
+            task.cancel()
         await self.worker.close()
         await self.runner.cleanup()
         if self.metrics is not None:
@@ -117,7 +150,12 @@ async def start(
             "speech echoed back after each turn)",
             emulator.base_url,
         )
-    client = loopback_client() if backend == "loopback" else make_client(settings, emulator)
+    background: list[asyncio.Task[None]] = []
+    if backend == "loopback":
+        client = loopback_client()
+    else:
+        credentials = await fresh_vertex_credentials(background) if emulator is None else None
+        client = make_client(settings, emulator, credentials)
     metrics = Metrics()
     options = call_options(settings)
     options.metrics = metrics
@@ -149,7 +187,7 @@ async def start(
         backend,
         settings.model,
     )
-    return Running(runner, worker, emulator if own_emulator else None, port, metrics)
+    return Running(runner, worker, emulator if own_emulator else None, port, background, metrics)
 
 
 async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
