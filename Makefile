@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
-# Debian packages: libopus0 for the codec; chromium and redis-server for the browser and scale-out tests.
+# Debian packages: libopus0 for the codec; for the tests chromium (browser), redis-server (scale-out),
+# coturn (TURN relay) and iproute2 (network namespaces with netem).
 RUN_PACKAGES := libopus0
-TEST_PACKAGES := libopus0 redis-server chromium
+TEST_PACKAGES := libopus0 redis-server chromium coturn iproute2
 
 .PHONY: run test lint typecheck pytest bench soak system-deps test-system-deps clean
 
@@ -25,8 +26,11 @@ typecheck: $(VENV)/.dev-installed
 pytest: $(VENV)/.dev-installed
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: $(VENV)/.dev-installed
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 system-deps:
 	@./.ci/apt-install $(RUN_PACKAGES)
@@ -42,6 +46,10 @@ $(VENV)/.installed: pyproject.toml | system-deps
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.dev-installed
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
 clean:

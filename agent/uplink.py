@@ -25,6 +25,11 @@ SAMPLE_RATE = 16000
 # Gaps longer than this are a paused sender, not a loss: concealing them would only invent sound.
 MAX_CONCEALED_FRAMES = 5
 
+# A network that held packets back may deliver a second of them at once; more than that, sustained,
+# is a flood.
+FLOOD_BURST_S = 1.0
+FLOOD_RATE = 1.5
+
 PcmSink = Callable[[bytes, float], None]
 
 
@@ -35,19 +40,23 @@ class UplinkStats:
     concealed: int = 0
     recovered: int = 0
     decode_errors: int = 0
+    flood_dropped: int = 0
     last_packet_at: float = 0.0
 
 
 class OpusUplink:
     """Stands in for aiortc's JitterBuffer: `add` decodes and hands PCM on, and never returns a frame."""
 
-    def __init__(self, sink: PcmSink, sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(self, sink: PcmSink, sample_rate: int = SAMPLE_RATE, flood_guard: bool = False) -> None:
         self._sink = sink
         self._rate = sample_rate
         self._decoder = opuslib.Decoder(sample_rate, 1)
         self._expected_seq: int | None = None
         self._frame_samples = sample_rate // 50
         self._max_frame_samples = sample_rate * 120 // 1000  # Opus packets carry at most 120 ms
+        self._flood_guard = flood_guard
+        self._budget_s = FLOOD_BURST_S
+        self._budget_at = time.monotonic()
         self.stats = UplinkStats()
 
     # aiortc's receiver calls add(packet) -> (pli_flag, encoded_frame); returning no frame keeps its
@@ -66,9 +75,21 @@ class OpusUplink:
                 self._fill_gap(ahead, payload, arrival)
         self._expected_seq = (seq + 1) & 0xFFFF
         self.stats.packets += 1
-        if payload:
+        if payload and (not self._flood_guard or self._within_budget(payload, arrival)):
             self._decode(payload, arrival)
         return False, None
+
+    def _within_budget(self, payload: bytes, now: float) -> bool:
+        """A peer sending audio much faster than real time is throttled: decoding and Gemini get at
+        most FLOOD_RATE seconds of audio per second (after a FLOOD_BURST), the rest is dropped."""
+        self._budget_s = min(FLOOD_BURST_S, self._budget_s + (now - self._budget_at) * FLOOD_RATE)
+        self._budget_at = now
+        cost = opus_packet_samples(payload, self._rate) / self._rate
+        if cost > self._budget_s:
+            self.stats.flood_dropped += 1
+            return False
+        self._budget_s -= cost
+        return True
 
     def remove(self, count: int) -> None:  # part of the JitterBuffer interface aiortc may call
         pass

@@ -110,3 +110,14 @@ def test_inband_fec_recovers_a_lost_frame_better_than_concealment() -> None:
         idx = np.concatenate([np.arange(s * 320, (s + 1) * 320) for s in sorted(lost)])
         scores[fec] = snr_db(clean[idx], lossy[idx])
     assert scores[True] > scores[False] + 6, scores
+
+
+def test_a_flood_is_throttled_to_a_little_faster_than_real_time() -> None:
+    _, packets = encode_speech(fec=False)
+    out: list[bytes] = []
+    uplink = OpusUplink(lambda pcm, _t: out.append(pcm), flood_guard=True)
+    for seq in range(400):  # 8 s of audio at once
+        uplink.add(rtp(seq, packets[seq % len(packets)]))
+    decoded_s = len(out) * 0.02
+    assert 0.9 < decoded_s < 1.2  # the one-second burst allowance, then nothing
+    assert uplink.stats.flood_dropped == 400 - len(out)

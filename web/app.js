@@ -1,88 +1,113 @@
-// The join page: one call to the Parley server this page came from.
+// The join page: one call to the Parley server this page came from. The call logic is in
+// parley-client.js (shared with the widget); this file only draws it.
+import { ParleyClient, describe } from "./parley-client.js";
+
 const $ = (id) => document.getElementById(id);
-let pc = null;
-let callUrl = null;
+// A server that requires join tokens (PARLEY_JOIN_SECRET) is opened as /?token=...
+const client = new ParleyClient({ audio: $("agent"), token: new URLSearchParams(location.search).get("token") });
+const openCaption = { user: null, agent: null };
 
-function setStatus(text) { $("status").textContent = text; }
+// For tests and for anyone curious in the console.
+window.parleyDebug = { client };
 
-function caption(role, text) {
-  const list = $("captions");
-  const last = list.lastElementChild;
-  if (last && last.className === role) { last.textContent += text; return; }
-  const item = document.createElement("li");
-  item.className = role;
-  item.textContent = text;
-  list.append(item);
+function setStatus(state, message) {
+  $("status").textContent = message;
+  $("status").dataset.state = state;
 }
 
-async function loadConfig() {
-  const response = await fetch("/v1/config");
-  return response.json();
-}
-
-async function startCall() {
-  $("call").disabled = true;
-  setStatus("Connecting…");
-  let mic;
-  try {
-    mic = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-    });
-  } catch (error) {
-    setStatus(error.name === "NotAllowedError" ? "Microphone access was denied." : "No microphone found.");
-    $("call").disabled = false;
-    return;
+function caption(role, text, final) {
+  let item = openCaption[role];
+  if (!item) {
+    item = document.createElement("li");
+    item.className = role;
+    const who = document.createElement("span");
+    who.className = "who-label";
+    who.textContent = role === "user" ? "You: " : "Agent: ";
+    item.append(who, document.createTextNode(""));
+    $("captions").append(item);
+    openCaption[role] = item;
   }
-  const config = await loadConfig();
-  pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
-  mic.getTracks().forEach((track) => pc.addTrack(track, mic));
-  pc.ontrack = (event) => { $("agent").srcObject = event.streams[0] || new MediaStream([event.track]); };
-  const events = pc.createDataChannel("events");
-  events.onmessage = (message) => {
-    const event = JSON.parse(message.data);
-    if (event.type === "transcript") caption(event.role, event.text);
-    if (event.type === "ended") setStatus(`Call ended: ${event.reason}`);
-  };
-  pc.onconnectionstatechange = () => {
-    if (pc.connectionState === "connected") setStatus("In call");
-    if (pc.connectionState === "failed") setStatus("Connection failed");
-  };
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
-  });
-  const response = await fetch("/v1/calls", {
-    method: "POST",
-    headers: { "Content-Type": "application/sdp" },
-    body: pc.localDescription.sdp,
-  });
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    setStatus(response.status === 503 ? "The server is busy. Try again soon." : `Call refused: ${body.error || response.status}`);
-    hangUp(false);
-    return;
+  item.lastChild.textContent += text;
+  if (final) openCaption[role] = null;
+  item.scrollIntoView({ block: "nearest" });
+}
+
+const ms = (value) => (typeof value === "number" ? `${value} ms` : "–");
+
+function showStats(stats) {
+  $("v2v").textContent = ms(stats.voiceToVoiceMs);
+  $("v2v-median").textContent = stats.turns ? `${ms(stats.voiceToVoiceMedianMs)} (${stats.turns} turn${stats.turns === 1 ? "" : "s"})` : "–";
+  $("rtt").textContent = ms(stats.rttMs);
+  $("jitter-buffer").textContent = ms(stats.jitterBufferMs);
+  $("packets-lost").textContent = stats.packetsLost ?? "–";
+  $("concealed").textContent = stats.concealedSamples === undefined
+    ? "–" : `${stats.concealedSamples}${stats.concealedPct !== undefined ? ` (${stats.concealedPct} %)` : ""}`;
+}
+
+client.addEventListener("state", ({ detail }) => {
+  setStatus(detail.state, detail.message);
+  const live = ["connecting", "in-call", "reconnecting"].includes(detail.state);
+  $("call").disabled = live;
+  $("hangup").disabled = !live;
+  $("mute").disabled = !live;
+  if (!live) {
+    $("mute").setAttribute("aria-pressed", "false");
+    openCaption.user = null;
+    openCaption.agent = null;
+    $("unlock").hidden = true;
   }
-  callUrl = response.headers.get("Location");
-  await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
-  $("hangup").disabled = false;
-}
+  if (detail.state === "ended" || detail.state === "error") $("call").focus();
+});
 
-async function hangUp(tellServer = true) {
-  if (tellServer && callUrl) await fetch(callUrl, { method: "DELETE" }).catch(() => {});
-  if (pc) pc.getSenders().forEach((sender) => sender.track && sender.track.stop());
-  if (pc) pc.close();
-  pc = null;
-  callUrl = null;
-  $("call").disabled = false;
-  $("hangup").disabled = true;
-}
+client.addEventListener("transcript", ({ detail }) => caption(detail.role, detail.text, detail.final));
+client.addEventListener("event", ({ detail }) => {
+  if (detail.type === "interrupted" && openCaption.agent) {
+    caption("agent", " —", true);
+  }
+});
+client.addEventListener("speaking", ({ detail }) => {
+  $("user-speaking").classList.toggle("on", detail.user);
+  $("agent-speaking").classList.toggle("on", detail.agent);
+});
+client.addEventListener("stats", ({ detail }) => showStats(detail));
+client.addEventListener("autoplay", ({ detail }) => { $("unlock").hidden = !detail.blocked; });
+client.addEventListener("error", ({ detail }) => setStatus("warning", detail.message));
+client.addEventListener("devices", ({ detail }) => {
+  const select = $("device");
+  const chosen = detail.deviceId || select.value;
+  select.replaceChildren();
+  detail.devices.forEach((device, index) => {
+    const option = document.createElement("option");
+    option.value = device.deviceId;
+    option.textContent = device.label || `Microphone ${index + 1}`;
+    select.append(option);
+  });
+  if (!detail.devices.length) select.append(new Option("Default microphone", ""));
+  select.value = chosen;
+  if (select.selectedIndex < 0) select.selectedIndex = 0;
+});
 
-$("call").addEventListener("click", startCall);
-$("hangup").addEventListener("click", () => { hangUp(); setStatus("Call ended"); });
-loadConfig().then((config) => {
+$("call").addEventListener("click", () => {
+  $("captions").replaceChildren();
+  showStats({});
+  client.start({ deviceId: $("device").value });
+});
+$("hangup").addEventListener("click", () => client.hangUp());
+$("mute").addEventListener("click", () => {
+  const muted = !client.muted;
+  client.setMuted(muted);
+  $("mute").setAttribute("aria-pressed", String(muted)); // the name stays "Mute": pressed means muted
+});
+$("device").addEventListener("change", () => client.setDevice($("device").value));
+$("unlock").addEventListener("click", () => { client.unlockAudio(); $("unlock").hidden = true; });
+navigator.mediaDevices?.addEventListener?.("devicechange", async () => {
+  const devices = await ParleyClient.microphones().catch(() => []);
+  client.dispatchEvent(new CustomEvent("devices", { detail: { devices, deviceId: $("device").value } }));
+});
+
+client.loadConfig().then((config) => {
   if (config.emulator) {
     $("mode").hidden = false;
     $("mode").textContent = "Offline emulator mode: no Gemini key is set, so the agent echoes what you say after each turn.";
   }
-});
+}).catch((error) => setStatus("error", error.message || describe("error", "unreachable")));

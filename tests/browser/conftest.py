@@ -1,0 +1,201 @@
+"""Browser tests: Debian's Chromium driven by Playwright, talking to a real Parley server on loopback.
+
+The microphone is Chromium's fake capture device playing a WAV made from tests/data/speech.wav (it
+loops). Playwright never downloads a browser here: it drives /usr/bin/chromium (PARLEY_CHROMIUM).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import pytest
+from aiortc import RTCPeerConnection
+from playwright.async_api import Browser, Page, Playwright, async_playwright
+
+from emulator.server import GeminiEmulator
+from parley.server import Running, start
+from tests.conftest import make_settings
+
+CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+SPEECH_WAV = ROOT / "tests" / "data" / "speech.wav"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+# The fake microphone: LEAD_S of silence, the speech, TAIL_S of silence, again and again. The tail
+# leaves room for the emulator's echo (the speech, after 0.5 s of silence) before the next sentence.
+LEAD_S = 1.0
+TAIL_S = 6.0
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    # Chromium leaves loopback out of ICE unless told, and may hide host addresses behind mDNS names.
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+PageFactory = Callable[..., Awaitable[Page]]
+
+
+@pytest.fixture(scope="session")
+def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/data/speech.wav with silence around it, as Chromium's fake capture wants it."""
+    with wave.open(str(SPEECH_WAV), "rb") as source:
+        assert (source.getnchannels(), source.getsampwidth()) == (1, 2)
+        rate = source.getframerate()
+        speech = source.readframes(source.getnframes())
+    path = tmp_path_factory.mktemp("mic") / "mic.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(2 * int(rate * LEAD_S)) + speech + bytes(2 * int(rate * TAIL_S)))
+    return path
+
+
+def loopback_only(sdp: str) -> str:
+    """Keep the IPv4 loopback candidates of an offer: the tests send to this machine's loopback only."""
+    lines = sdp.split("\r\n")
+    kept = [
+        line
+        for line in lines
+        if not line.startswith("a=candidate:") or re.search(r" udp \d+ 127\.0\.0\.1 ", line, re.IGNORECASE)
+    ]
+    return "\r\n".join(kept)
+
+
+def offers_on_loopback(running: Running) -> Running:
+    """Make the server answer only the loopback candidates of each offer (tests/conftest.py has it offer
+    127.0.0.1 only): whatever else Chromium gathers on this machine is never a target. Done on the
+    server side, as browser request interception would also answer CORS preflights by itself."""
+    worker = running.worker
+    for name in ("create_call", "resume_call"):
+        method = getattr(worker, name, None)
+        if method is not None:
+            setattr(worker, name, _filter_offers(method))
+    return running
+
+
+def _filter_offers(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def filtered(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(loopback_only(a) if isinstance(a, str) and a.startswith("v=0") else a for a in args)
+        return await method(*args, **kwargs)
+
+    return filtered
+
+
+@pytest.fixture(autouse=True)
+def loopback_peers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a firewall in front of the server would: ICE checks from anything but loopback go unanswered.
+    Chromium also checks from its other addresses to the server's 127.0.0.1; without this, the server
+    may answer one of them and the call run over an address other than loopback."""
+    request_received = aioice.ice.Connection.request_received
+
+    def loopback_request_received(self: aioice.ice.Connection, message: Any, addr: Any, *args: Any) -> None:
+        if ipaddress.ip_address(addr[0]).is_loopback:
+            request_received(self, message, addr, *args)
+
+    monkeypatch.setattr(aioice.ice.Connection, "request_received", loopback_request_received)
+
+
+@pytest.fixture
+async def server(server: Running) -> Running:
+    """tests/conftest.py's server, answering loopback candidates only."""
+    return offers_on_loopback(server)
+
+
+async def start_server(emulator: GeminiEmulator, **settings: Any) -> Running:
+    """A server of its own (settings as make_settings takes them), answering loopback candidates only."""
+    return offers_on_loopback(await start(make_settings(**settings), emulator=emulator))
+
+
+class Pages:
+    """Launches Chromium (one per page: each test may need other flags) and opens pages in it."""
+
+    def __init__(self, playwright: Playwright, mic: Path) -> None:
+        self.playwright = playwright
+        self.mic = mic
+        self.browsers: list[Browser] = []
+        self.console: list[str] = []
+
+    async def open(self, url: str, microphone: str = "granted") -> Page:
+        """microphone: "granted" (the fake one), "denied" (the user says no) or "none" (no device)."""
+        args = list(CHROMIUM_ARGS)
+        if microphone == "granted":
+            args += ["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={self.mic}"]
+        elif microphone == "none":
+            args.remove("--use-fake-device-for-media-stream")
+            args.append("--use-fake-ui-for-media-stream")
+        browser = await self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        self.browsers.append(browser)
+        context = await browser.new_context(
+            permissions=["microphone"] if microphone != "denied" else [],
+            viewport={"width": 1000, "height": 760},
+        )
+        page = await context.new_page()
+        page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
+        await page.goto(url)
+        return page
+
+    async def close(self) -> None:
+        for browser in self.browsers:
+            await browser.close()
+        if self.console:
+            print("browser console:\n  " + "\n  ".join(self.console))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def pages(chromium: str, fake_mic: Path) -> AsyncIterator[Pages]:
+    async with async_playwright() as playwright:
+        opened = Pages(playwright, fake_mic)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+
+async def client_state(page: Page, expression: str = "parleyDebug.client") -> dict[str, Any]:
+    """The page's ParleyClient, as plain data."""
+    result: dict[str, Any] = await page.evaluate(
+        f"""() => {{
+            const c = {expression};
+            return {{ state: c.state, reason: c.reason, callId: c.callId, turns: c.turns,
+                      stats: c.stats, agentLoudMs: c.debug.agentLoudMs }};
+        }}"""
+    )
+    return result
+
+
+def cut_network(pc: RTCPeerConnection) -> None:
+    """Drop every packet of the server's side of one peer connection, both ways, as if the caller's
+    network had gone: nothing is closed, so neither side hears a goodbye."""
+    ice_transports = {
+        t.receiver.transport.transport for t in pc.getTransceivers() if t.receiver.transport is not None
+    }
+    if pc.sctp is not None:
+        ice_transports.add(pc.sctp.transport.transport)
+    for ice in ice_transports:
+        for protocol in ice._connection._protocols:  # aioice's sockets
+            setattr(protocol, "datagram_received", lambda data, addr: None)  # noqa: B010
+            setattr(protocol.transport, "sendto", lambda data, addr=None: None)  # noqa: B010

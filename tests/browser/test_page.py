@@ -1,0 +1,159 @@
+"""The join page in real Chromium: a call with the fake microphone, the agent's echo heard, captions,
+the latency panel, hang-up, the error states, and rejoining the same call after the network fails."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+from playwright.async_api import Page, expect
+
+from emulator.server import GeminiEmulator
+from parley.caller import Caller
+from parley.server import Running
+from tests.browser.conftest import SCREENSHOTS, Pages, client_state, cut_network, start_server
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def wait_for_state(page: Page, state: str, timeout_s: float) -> None:
+    await page.wait_for_function(
+        f"() => parleyDebug.client.state === {state!r}", timeout=timeout_s * 1000, polling=100
+    )
+
+
+async def test_page_call_hears_the_agent_shows_captions_and_latency_and_hangs_up(
+    server: Running, url: str, pages: Pages
+) -> None:
+    page = await pages.open(url)
+    await expect(page.locator("#mode")).to_contain_text("Offline emulator mode")
+    await page.get_by_role("button", name="Call").click()
+    await wait_for_state(page, "in-call", 20)
+    await expect(page.locator("#status")).to_have_text("In call")
+    await expect(page.get_by_role("button", name="Hang up")).to_be_enabled()
+
+    # Chromium reached the server over loopback.
+    local_address = await page.evaluate(
+        """async () => {
+            const stats = await parleyDebug.client.pc.getStats();
+            let pair = null;
+            stats.forEach((s) => {
+                if (s.type === "transport") pair = stats.get(s.selectedCandidatePairId);
+            });
+            return pair && stats.get(pair.localCandidateId).address;
+        }"""
+    )
+    assert local_address == "127.0.0.1"
+
+    # The fake microphone speaks; the emulator says it back; the page hears it and times the turn.
+    await page.wait_for_function(
+        "() => parleyDebug.client.turns.length >= 1 && parleyDebug.client.debug.agentLoudMs > 2000",
+        timeout=30_000,
+        polling=200,
+    )
+    await page.wait_for_function(
+        "() => parleyDebug.client.debug.events.some((e) => e.type === 'agent_turn_end')",
+        timeout=15_000,
+        polling=200,
+    )
+    await expect(page.locator("#captions li.user")).not_to_have_count(0)
+    await expect(page.locator("#captions li.agent")).not_to_have_count(0)
+    assert (await page.locator("#captions li.agent").first.inner_text()).startswith("Agent: ")
+
+    state = await client_state(page)
+    v2v = state["turns"][0]
+    # The emulator answers after 0.5 s of silence; generous bounds for a loaded machine.
+    assert 200 < v2v < 4000, v2v
+    await expect(page.locator("#v2v")).to_have_text(re.compile(r"^\d+ ms$"), timeout=5000)
+    await expect(page.locator("#rtt")).to_have_text(re.compile(r"^\d+ ms$"), timeout=5000)
+    await expect(page.locator("#jitter-buffer")).to_have_text(re.compile(r"^\d+ ms$"))
+    await expect(page.locator("#packets-lost")).to_have_text(re.compile(r"^\d+$"))
+    await page.screenshot(path=str(SCREENSHOTS / "page.png"), full_page=True)
+
+    assert list(server.worker.calls) == [state["callId"]]
+    await page.get_by_role("button", name="Hang up").click()
+    await wait_until(lambda: not server.worker.calls, 10, "the call to end on the server")
+    assert server.worker.calls_ended == {"hangup": 1}
+    await expect(page.locator("#status")).to_have_text("Call ended. You hung up.")
+    await expect(page.get_by_role("button", name="Call")).to_be_enabled()
+
+
+async def test_page_says_when_the_microphone_is_denied(server: Running, url: str, pages: Pages) -> None:
+    page = await pages.open(url, microphone="denied")
+    await page.get_by_role("button", name="Call").click()
+    await expect(page.locator("#status")).to_contain_text("Microphone access was denied", timeout=10_000)
+    await expect(page.get_by_role("button", name="Call")).to_be_enabled()
+    assert server.worker.calls_started == 0
+
+
+async def test_page_says_when_there_is_no_microphone(server: Running, url: str, pages: Pages) -> None:
+    page = await pages.open(url, microphone="none")
+    await page.get_by_role("button", name="Call").click()
+    await expect(page.locator("#status")).to_contain_text("No microphone was found", timeout=10_000)
+    assert server.worker.calls_started == 0
+
+
+async def test_page_says_when_the_server_is_busy(emulator: GeminiEmulator, pages: Pages) -> None:
+    running = await start_server(emulator, max_calls=1)
+    url = f"http://127.0.0.1:{running.port}"
+    caller = Caller(url)  # takes the one slot
+    try:
+        await caller.connect()
+        page = await pages.open(url)
+        await page.get_by_role("button", name="Call").click()
+        await expect(page.locator("#status")).to_contain_text("The server is busy right now", timeout=15_000)
+        await expect(page.locator("#status")).to_have_attribute("data-state", "error")
+        await expect(page.get_by_role("button", name="Call")).to_be_enabled()
+        assert len(running.worker.calls) == 1
+    finally:
+        await caller.hang_up()
+        await running.stop()
+
+
+async def test_page_says_when_the_server_cannot_be_reached(emulator: GeminiEmulator, pages: Pages) -> None:
+    running = await start_server(emulator)
+    page = await pages.open(f"http://127.0.0.1:{running.port}")
+    await expect(page.locator("#mode")).to_be_visible()
+    await running.stop()
+    await page.get_by_role("button", name="Call").click()
+    await expect(page.locator("#status")).to_contain_text("Cannot reach the Parley server", timeout=15_000)
+
+
+async def test_page_rejoins_the_same_call_when_the_connection_fails(
+    server: Running, url: str, emulator: GeminiEmulator, pages: Pages
+) -> None:
+    """The network goes mid-call: the page makes a new peer connection and POSTs its offer with
+    `resume: <call id>`; the server must join it to the call, which kept its Gemini session."""
+    page = await pages.open(url)
+    await page.get_by_role("button", name="Call").click()
+    await wait_for_state(page, "in-call", 20)
+    call_id = (await client_state(page))["callId"]
+    await wait_until(lambda: server.worker.calls[call_id].state == "active", 10, "the call to be active")
+    assert len(emulator.connections) == 1
+
+    cut_network(server.worker.calls[call_id].pc)
+    await wait_for_state(page, "reconnecting", 20)
+    await wait_for_state(page, "in-call", 25)
+    await expect(page.locator("#status")).to_have_text("In call (reconnected)")
+
+    state = await client_state(page)
+    assert state["callId"] == call_id, "the page is in another call, not the one it had"
+    assert list(server.worker.calls) == [call_id]
+    assert len(emulator.connections) == 1, "the Gemini session was not kept"
+    # The call goes on: the next sentence is answered over the new connection.
+    turns = len(state["turns"])
+    await page.wait_for_function(
+        f"() => parleyDebug.client.turns.length > {turns}", timeout=35_000, polling=200
+    )
+    await page.get_by_role("button", name="Hang up").click()
+    await wait_until(lambda: not server.worker.calls, 10, "the call to end on the server")
+    assert server.worker.calls_ended == {"hangup": 1}

@@ -1,0 +1,232 @@
+// <parley-call>: a voice call to a Parley server, embeddable in any page.
+//
+//   <script type="module" src="https://HOST/widget.js"></script>
+//   <parley-call server="https://HOST" label="Talk to us" theme="auto" position="bottom-right"></parley-call>
+//
+// Attributes: server (default: where this script came from), label (the button's text), theme
+// (auto | light | dark), position (inline | bottom-right | bottom-left). DOM events, bubbling out of
+// the shadow root: `parley-state` {state, reason, message, callId} and `parley-transcript`
+// {role, text, final}. Properties and methods: .client (the ParleyClient), .start(), .hangUp(), and
+// .tokenProvider, an async function returning a join token for servers that require one (or the
+// `token` attribute).
+// No build step and no request anywhere but the Parley server; the server must list the page's origin
+// in PARLEY_ALLOWED_ORIGINS.
+import { ParleyClient } from "./parley-client.js";
+
+const SCRIPT_ORIGIN = new URL(import.meta.url).origin;
+
+const STYLE = `
+:host {
+  all: initial;
+  display: inline-block;
+  font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+  font-size: 15px;
+  line-height: 1.4;
+  --bg: #ffffff; --fg: #1b1b1f; --muted: #4a4a55; --panel: #f3f3f6; --border: #8a8a96;
+  --accent: #0a7d32; --danger: #b3261e; --focus: #1a56db; --error-bg: #fde2e0; --error-fg: #7a1510;
+  --shadow: 0 .5rem 1.5rem rgba(0, 0, 0, .18);
+}
+:host([hidden]) { display: none; }
+:host([theme="dark"]) {
+  --bg: #1d1d23; --fg: #ececf1; --muted: #b8b8c4; --panel: #2a2a32; --border: #6e6e7a;
+  --focus: #8ab4ff; --error-bg: #4a1714; --error-fg: #ffd9d5; --shadow: 0 .5rem 1.5rem rgba(0, 0, 0, .5);
+}
+@media (prefers-color-scheme: dark) {
+  :host(:not([theme="light"]):not([theme="dark"])) {
+    --bg: #1d1d23; --fg: #ececf1; --muted: #b8b8c4; --panel: #2a2a32; --border: #6e6e7a;
+    --focus: #8ab4ff; --error-bg: #4a1714; --error-fg: #ffd9d5; --shadow: 0 .5rem 1.5rem rgba(0, 0, 0, .5);
+  }
+}
+:host([position="bottom-right"]), :host([position="bottom-left"]) {
+  position: fixed; bottom: 1rem; z-index: 2147483000;
+}
+:host([position="bottom-right"]) { right: 1rem; }
+:host([position="bottom-left"]) { left: 1rem; }
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+.widget { display: flex; flex-direction: column; gap: .5rem; align-items: flex-start; color: var(--fg); }
+:host([position="bottom-right"]) .widget { align-items: flex-end; flex-direction: column-reverse; }
+:host([position="bottom-left"]) .widget { flex-direction: column-reverse; }
+button {
+  font: inherit; cursor: pointer; border-radius: 999px; border: 1px solid var(--border);
+  background: var(--panel); color: var(--fg); padding: .45rem 1rem;
+}
+button:disabled { opacity: .45; cursor: default; }
+button:focus-visible { outline: 3px solid var(--focus); outline-offset: 2px; }
+.call {
+  display: inline-flex; align-items: center; gap: .5rem; background: var(--accent); border-color: var(--accent);
+  color: #fff; font-weight: 600; padding: .65rem 1.2rem; box-shadow: var(--shadow);
+}
+.call svg { width: 1.1em; height: 1.1em; fill: currentColor; }
+.hangup { background: var(--danger); border-color: var(--danger); color: #fff; }
+button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color: #fff; }
+.panel {
+  width: min(22rem, calc(100vw - 2rem)); background: var(--bg); border: 1px solid var(--border);
+  border-radius: .8rem; padding: .75rem; box-shadow: var(--shadow); display: flex; flex-direction: column; gap: .5rem;
+}
+.status { margin: 0; font-weight: 600; }
+.status[data-state="error"], .status[data-state="warning"] {
+  background: var(--error-bg); color: var(--error-fg); padding: .4rem .6rem; border-radius: .4rem;
+}
+.speaking { display: flex; gap: 1rem; color: var(--muted); font-size: .9em; }
+.who { display: inline-flex; align-items: center; gap: .35rem; }
+.dot { width: .7rem; height: .7rem; border-radius: 50%; border: 2px solid var(--border); }
+.who.on { color: var(--fg); font-weight: 600; }
+.who.on .dot { background: var(--accent); border-color: var(--accent); }
+.captions {
+  list-style: none; margin: 0; padding: .4rem .6rem; background: var(--panel); border-radius: .5rem;
+  max-height: 9rem; overflow-y: auto; font-size: .95em;
+}
+.captions:empty { display: none; }
+.captions li { margin: .15rem 0; }
+.captions b { font-weight: 700; }
+.actions { display: flex; gap: .5rem; justify-content: flex-end; }
+`;
+
+const MIC_ICON = `<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 14a3 3 0 0 0 3-3V5a3 3 0 0 0-6 0v6a3 3 0 0 0 3 3zm5-3a5 5 0 0 1-10 0H5a7 7 0 0 0 6 6.92V21h2v-3.08A7 7 0 0 0 19 11h-2z"/></svg>`;
+
+class ParleyCall extends HTMLElement {
+  static get observedAttributes() { return ["label", "server"]; }
+
+  constructor() {
+    super();
+    const root = this.attachShadow({ mode: "open" });
+    root.innerHTML = `
+      <style>${STYLE}</style>
+      <div class="widget" part="widget">
+        <button class="call" type="button" part="button">${MIC_ICON}<span class="label"></span></button>
+        <div class="panel" part="panel" hidden>
+          <p class="status" role="status" aria-live="polite"></p>
+          <div class="speaking" aria-hidden="true">
+            <span class="who user"><span class="dot"></span>You</span>
+            <span class="who agent"><span class="dot"></span>Agent</span>
+          </div>
+          <ol class="captions" role="log" aria-label="Captions"></ol>
+          <div class="actions" hidden>
+            <button class="unlock" type="button" hidden>Tap to hear the agent</button>
+            <button class="mute" type="button" aria-pressed="false">Mute</button>
+            <button class="hangup" type="button">Hang up</button>
+          </div>
+        </div>
+        <audio autoplay playsinline></audio>
+      </div>`;
+    this._els = {
+      call: root.querySelector(".call"),
+      label: root.querySelector(".label"),
+      panel: root.querySelector(".panel"),
+      status: root.querySelector(".status"),
+      captions: root.querySelector(".captions"),
+      actions: root.querySelector(".actions"),
+      mute: root.querySelector(".mute"),
+      hangup: root.querySelector(".hangup"),
+      unlock: root.querySelector(".unlock"),
+      user: root.querySelector(".who.user"),
+      agent: root.querySelector(".who.agent"),
+      audio: root.querySelector("audio"),
+    };
+    this._open = { user: null, agent: null };
+    this._els.call.addEventListener("click", () => this.start());
+    this._els.hangup.addEventListener("click", () => this.hangUp());
+    this._els.mute.addEventListener("click", () => this._toggleMute());
+    this._els.unlock.addEventListener("click", () => { this.client?.unlockAudio(); this._els.unlock.hidden = true; });
+    this._renderLabel();
+  }
+
+  connectedCallback() {
+    if (!this.client) this._makeClient();
+  }
+
+  disconnectedCallback() {
+    if (this.client && !["idle", "ended", "error"].includes(this.client.state)) this.client.hangUp();
+  }
+
+  attributeChangedCallback(name) {
+    if (name === "label") this._renderLabel();
+    if (name === "server" && this.client && ["idle", "ended", "error"].includes(this.client.state)) this._makeClient();
+  }
+
+  get server() { return this.getAttribute("server") || SCRIPT_ORIGIN; }
+
+  start() {
+    this._els.captions.replaceChildren();
+    this._open = { user: null, agent: null };
+    return this.client.start();
+  }
+
+  hangUp() { return this.client.hangUp(); }
+
+  _makeClient() {
+    const client = new ParleyClient({
+      server: this.server,
+      audio: this._els.audio,
+      // A join token: the `token` attribute, or a function the host page sets (fetching one per call).
+      token: () => (this.tokenProvider ? this.tokenProvider() : this.getAttribute("token")),
+    });
+    this.client = client;
+    client.addEventListener("state", ({ detail }) => {
+      if (client !== this.client) return;
+      this._showState(detail);
+      this.dispatchEvent(new CustomEvent("parley-state", { detail, bubbles: true, composed: true }));
+    });
+    client.addEventListener("transcript", ({ detail }) => {
+      if (client !== this.client) return;
+      this._caption(detail);
+      this.dispatchEvent(new CustomEvent("parley-transcript", { detail, bubbles: true, composed: true }));
+    });
+    client.addEventListener("speaking", ({ detail }) => {
+      this._els.user.classList.toggle("on", detail.user);
+      this._els.agent.classList.toggle("on", detail.agent);
+    });
+    client.addEventListener("autoplay", ({ detail }) => { this._els.unlock.hidden = !detail.blocked; });
+    client.addEventListener("error", ({ detail }) => this._status("warning", detail.message));
+  }
+
+  _renderLabel() {
+    this._els.label.textContent = this.getAttribute("label") || "Talk to us";
+  }
+
+  _status(state, message) {
+    this._els.status.textContent = message;
+    this._els.status.dataset.state = state;
+  }
+
+  _showState({ state, message }) {
+    const live = ["connecting", "in-call", "reconnecting"].includes(state);
+    this._els.panel.hidden = state === "idle";
+    this._els.actions.hidden = !live;
+    this._els.call.hidden = live;
+    this._status(state, message);
+    if (!live) {
+      this._els.unlock.hidden = true;
+      this._els.mute.setAttribute("aria-pressed", "false");
+    }
+    // Keep keyboard focus on a visible control, but never pull it away from the host page.
+    if (this.shadowRoot.activeElement) (live ? this._els.hangup : this._els.call).focus();
+  }
+
+  _caption({ role, text, final }) {
+    let item = this._open[role];
+    if (!item) {
+      item = document.createElement("li");
+      const who = document.createElement("b");
+      who.textContent = role === "user" ? "You: " : "Agent: ";
+      item.append(who, document.createTextNode(""));
+      this._els.captions.append(item);
+      this._open[role] = item;
+      while (this._els.captions.children.length > 20) this._els.captions.firstElementChild.remove();
+    }
+    item.lastChild.textContent += text;
+    if (final) this._open[role] = null;
+    this._els.captions.scrollTop = this._els.captions.scrollHeight;
+  }
+
+  _toggleMute() {
+    const muted = !this.client.muted;
+    this.client.setMuted(muted);
+    this._els.mute.setAttribute("aria-pressed", String(muted)); // the name stays "Mute": pressed means muted
+  }
+}
+
+if (!customElements.get("parley-call")) customElements.define("parley-call", ParleyCall);
+
+export { ParleyCall };
