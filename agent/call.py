@@ -23,7 +23,7 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google import genai
 
-from agent.downlink import PLAYOUT_RATE, ModelAudio, PlayoutBuffer, PlayoutTrack
+from agent.downlink import PLAYOUT_RATE, ModelAudio, MonoOpusEncoder, PlayoutBuffer, PlayoutTrack
 from agent.gemini import SessionConfig, SessionEnded
 from agent.ice import rtc_configuration
 from agent.loopback import make_session
@@ -62,6 +62,7 @@ class CallOptions:
     preroll_s: float = 0.3
     # How long a call whose connection failed waits for the caller to rejoin it.
     rejoin_grace_s: float = 20.0
+    max_duration_s: float = 3600.0
     metrics: Metrics | None = None  # the process's Prometheus metrics (agent/metrics.py)
 
 
@@ -80,10 +81,10 @@ class Call:
         self._on_ended = on_ended
         self.options = options
         self.pc = RTCPeerConnection(rtc_configuration(options.ice_servers))
-        self.uplink = OpusUplink(self._on_caller_pcm)
+        self.uplink = OpusUplink(self._on_caller_pcm, flood_guard=True)
         self.playout_buffer = PlayoutBuffer()
         self.model_audio = ModelAudio(self.playout_buffer)
-        self.track = PlayoutTrack(self.playout_buffer, on_chunk_started=self._on_playout_started)
+        self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
         self.session = make_session(client, session_config, self)
         self.channel: RTCDataChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,8 +125,10 @@ class Call:
             raise OfferError(404, "that call has ended")
         old = self.pc
         self.pc = RTCPeerConnection(rtc_configuration(self.options.ice_servers))
-        self.uplink = OpusUplink(self._on_caller_pcm)  # a new stream: new SSRC and sequence numbers
-        self.track = PlayoutTrack(self.playout_buffer, on_chunk_started=self._on_playout_started)
+        self.uplink = OpusUplink(
+            self._on_caller_pcm, flood_guard=True
+        )  # a new stream: new SSRC and sequence numbers
+        self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
         self.channel = None
         try:
             answer = await self._negotiate(self.pc, offer_sdp)
@@ -278,6 +281,9 @@ class Call:
         while True:
             await asyncio.sleep(min(1.0, self.options.no_media_timeout_s / 4))
             now = time.monotonic()
+            if now - self.created_at > self.options.max_duration_s:
+                self.close("max_duration")
+                return
             if self.reconnecting_since is not None:
                 if now - self.reconnecting_since > self.options.rejoin_grace_s:
                     self.close("connection_failed")
@@ -345,6 +351,7 @@ class Call:
                 "concealed": uplink.concealed,
                 "recovered": uplink.recovered,
                 "decode_errors": uplink.decode_errors,
+                "flood_dropped": uplink.flood_dropped,
                 "audio_s_sent": round(stats.audio_bytes_sent / 32000, 2),
                 "audio_s_per_call_s": round(stats.audio_bytes_sent / 32000 / max(seconds, 1e-3), 3),
                 "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),

@@ -26,6 +26,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection
 
 from agent.ice import offer_host_addresses, rtc_configuration
+from agent.metrics import Metrics
 from agent.redis_wire import (
     CALL_KEY_TTL_S,
     MESSAGE_TTL_S,
@@ -137,12 +138,16 @@ class FleetWorker:
         self.redis_ok = False
         self.last_beat_at: float | None = None  # monotonic time of the last heartbeat Redis took
         self.started_at = time.time()
+        # Versions count from 1 in each process: with the instance, a restarted worker that kept its
+        # id is not mistaken for an old report.
+        self.instance = secrets.token_hex(4)
         self._version = 0
         self._advertised: set[str] = set()  # call keys written to Redis
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._beat_now = asyncio.Event()
         self._stopping = False
+        self.metrics: Metrics | None = None  # served on the health port's /metrics
 
     # --- load -----------------------------------------------------------------------------------
 
@@ -174,6 +179,7 @@ class FleetWorker:
     def load(self) -> dict[str, Any]:
         self._version += 1
         return {
+            "instance": self.instance,
             "version": self._version,
             "active": len(self.worker.calls),
             "capacity": self.capacity,
@@ -192,6 +198,7 @@ class FleetWorker:
             "capacity": self.capacity,
             "active": load["active"],
             "accepting": int(load["accepting"]),
+            "instance": self.instance,
             "version": load["version"],
             "lag_ms": round(self.monitor.lag_ms, 1),
             "lag_max_ms": round(self.monitor.lag_max_ms, 1),
@@ -340,7 +347,11 @@ class FleetWorker:
                 reason = self.over_limits()
                 if reason is not None:
                     raise WorkerBusy(reason, retry_after_s=2)
-                call_id, answer = await self.worker.create_call(str(request.get("sdp", "")))
+                limit = request.get("max_seconds")  # the join token's call length, if it has one
+                call_id, answer = await self.worker.create_call(
+                    str(request.get("sdp", "")),
+                    max_seconds=float(limit) if isinstance(limit, int | float) else None,
+                )
                 if deadline and time.time() > deadline + EXPIRED_GRACE_S:
                     # Nobody waits for this answer any more: do not leave a call no one will join.
                     await self.worker.end_call(call_id, "dispatch_timeout")
@@ -348,6 +359,9 @@ class FleetWorker:
                 else:
                     result = {"ok": True, "call": call_id, "sdp": answer}
                     call_key = call_id
+            elif op == "resume":
+                sdp = str(request.get("sdp", ""))
+                result = {"ok": True, "sdp": await self.worker.resume_call(str(request.get("call")), sdp)}
             elif op == "describe":
                 result = {"ok": True, "summary": self.worker.describe_call(str(request.get("call")))}
             elif op == "end":
@@ -421,13 +435,16 @@ class FleetWorker:
                 "parley_worker_event_loop_lag_ms": (round(self.monitor.lag_ms, 1), "smoothed lag"),
                 "parley_worker_cpu": (round(self.monitor.cpu, 3), "CPU, fraction of one core"),
                 "parley_worker_accepting": (int(self.over_limits() is None), "1 when it takes calls"),
-                "parley_worker_calls_started_total": (self.worker.calls_started, "calls answered"),
             }
             lines = []
             for name, (value, help_text) in gauges.items():
-                kind = "counter" if name.endswith("_total") else "gauge"
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{label} {value}"]
-            return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{label} {value}"]
+            body = ("\n".join(lines) + "\n").encode()
+            content_type = "text/plain; version=0.0.4; charset=utf-8"
+            if self.metrics is not None:  # the calls' own metrics, as `parley serve` has them
+                calls_body, content_type = self.metrics.render()
+                body = calls_body + body
+            return web.Response(body=body, headers={"Content-Type": content_type})
 
         app = web.Application()
         app.router.add_get("/healthz", healthz)
@@ -445,7 +462,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-calls", type=int, default=None, help=f"calls to take (default {DEFAULT_WORKER_CALLS})"
     )
-    parser.add_argument("--backend", choices=["auto", "gemini", "emulator"], default=None)
+    parser.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
     parser.add_argument("--health-port", type=int, default=None, help="serve /healthz, /readyz, /metrics")
     parser.add_argument("--tools", action="append", metavar="MODULE", help="import MODULE's @tool functions")
 
@@ -472,9 +489,11 @@ async def run_worker(
     settings: Settings, tools: ToolRegistry | None = None, worker_id: str | None = None
 ) -> int:
     """Run one worker process until SIGTERM (drain) or SIGINT (end calls now). Returns the exit status."""
+    from agent.loopback import loopback_client
     from emulator.server import GeminiEmulator
-    from parley.server import call_options, make_client, session_config
+    from parley.server import call_options, fresh_vertex_credentials, make_client, session_config
 
+    # The same Gemini backend as `parley serve`: the SDK's environment, else an in-process emulator.
     offer_host_addresses(settings.ice_host_addresses)
     backend = settings.resolved_backend()
     emulator = None
@@ -482,11 +501,21 @@ async def run_worker(
         emulator = GeminiEmulator()
         await emulator.start()
         logger.warning("no GEMINI_API_KEY set: this worker uses an in-process Gemini Live emulator")
-    client = make_client(settings, emulator)
+    background: list[asyncio.Task[None]] = []
+    if backend == "loopback":
+        client = loopback_client()
+    else:
+        credentials = await fresh_vertex_credentials(background) if emulator is None else None
+        client = make_client(settings, emulator, credentials)
+    metrics = Metrics()
+    options = call_options(settings)
+    options.metrics = metrics
+    if backend == "loopback":
+        options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
     worker = Worker(
         client,
         session_config(settings, tools or ToolRegistry()),
-        call_options(settings),
+        options,
         max_calls=settings.max_calls or DEFAULT_WORKER_CALLS,
     )
     worker_id = worker_id or settings.worker_id or default_worker_id()
@@ -496,6 +525,8 @@ async def run_worker(
         )
     logger.warning("worker %s warmed up in %.2f s", worker_id, await warm_up())
     fleet = FleetWorker(worker, settings, worker_id, backend)
+    fleet.metrics = metrics
+    metrics.start()
     runner: web.AppRunner | None = None
     if settings.worker_health_port:
         runner = web.AppRunner(fleet.health_app(), access_log=None)
@@ -528,6 +559,9 @@ async def run_worker(
             await drain
     finally:
         await fleet.stop()
+        for task in background:
+            task.cancel()
+        await metrics.stop()
         if runner is not None:
             await runner.cleanup()
         if emulator is not None:

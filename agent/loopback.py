@@ -17,6 +17,7 @@ import av
 import numpy as np
 from google import genai
 
+from agent.downlink import PlayoutBuffer
 from agent.gemini import INPUT_BYTES_PER_SECOND, GeminiSession, SessionConfig, SessionListener
 
 MODEL_RATE = 24000  # what Gemini sends: the echo takes the same resampling path down
@@ -45,6 +46,9 @@ class LoopbackSession(GeminiSession):
         self._echo_to = listener
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=MODEL_RATE)
         self._stopped = asyncio.Event()
+        buffer = getattr(listener, "playout_buffer", None)
+        if isinstance(buffer, PlayoutBuffer):
+            buffer.live = True  # an echo is real time: lateness is made up in its silences
 
     def send_audio(self, pcm: bytes, arrived_at: float) -> None:
         if self._stopped.is_set() or not pcm:
@@ -57,7 +61,7 @@ class LoopbackSession(GeminiSession):
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = INPUT_BYTES_PER_SECOND // 2
         for out in self._resampler.resample(frame):
-            self._echo_to.on_model_audio(out.to_ndarray().tobytes(), now)
+            self._echo_to.on_model_audio(bytes(out.planes[0])[: out.samples * 2], now)
 
     def end_audio_stream(self) -> None:
         pass  # nothing is buffered

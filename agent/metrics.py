@@ -288,9 +288,7 @@ def parse_histograms(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
         if family.type == "histogram":
-            buckets = [
-                (float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")
-            ]
+            buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
             total = sum(s.value for s in family.samples if s.name.endswith("_sum"))
             count = sum(s.value for s in family.samples if s.name.endswith("_count"))
             out[family.name] = {"buckets": buckets, "sum": total, "count": count}

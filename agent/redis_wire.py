@@ -9,7 +9,8 @@ Redis keys (`{p}` is PARLEY_REDIS_PREFIX, default `parley`):
     {p}:reply:{request id}     list holding the worker's one JSON reply (BLPOP by the signaling that asked)
     {p}:call:{call id}         the id of the worker holding the call; refreshed by that worker each heartbeat
 
-Requests: {"id", "op": "create" | "end" | "describe", "reply", "deadline" (Unix time), "sdp" | "call"}.
+Requests: {"id", "op": "create" | "resume" | "end" | "describe", "reply", "deadline" (Unix time),
+"sdp", "call", "max_seconds"}.
 Replies:  {"ok": true, ...} or {"ok": false, "error": "busy" | "offer" | "not_found" | "expired" |
 "internal", "message", "status"?, "retry_after"?}; every reply carries the worker's "load".
 

@@ -53,7 +53,7 @@ class Worker:
         # When set, each call gets its own ICE servers from it (fresh TURN credentials per call).
         self.ice_server_source: Callable[[], list[dict[str, Any]]] | None = None
 
-    async def create_call(self, offer_sdp: str) -> tuple[str, str]:
+    async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]:
         """Answer an offer: (call id, SDP answer). Raises OfferError for an offer it cannot take,
         WorkerBusy when it is full or draining."""
         if not self.accepting:
@@ -63,6 +63,8 @@ class Worker:
         options = self.call_options
         if self.ice_server_source is not None:
             options = dataclasses.replace(options, ice_servers=self.ice_server_source())
+        if max_seconds is not None and max_seconds < options.max_duration_s:
+            options = dataclasses.replace(options, max_duration_s=max_seconds)
         call = Call(self._client, self.session_config, options, self._forget)
         self.calls[call.id] = call
         try:

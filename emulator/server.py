@@ -142,7 +142,11 @@ class GeminiEmulator:
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         self.tokens_issued += 1
         return web.json_response(
-            {"access_token": f"ya29.emulator-{self.tokens_issued}", "expires_in": 3600, "token_type": "Bearer"}
+            {
+                "access_token": f"ya29.emulator-{self.tokens_issued}",
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            }
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:

@@ -23,7 +23,7 @@ from urllib.parse import urljoin
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -167,9 +167,24 @@ class Heard:
 class Caller:
     """One call to a Parley server from Python: `await connect()`, `say()`, `await hang_up()`."""
 
-    def __init__(self, server_url: str, uplink_loss: float = 0.0, fec: bool = True, seed: int = 1) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        uplink_loss: float = 0.0,
+        fec: bool = True,
+        seed: int = 1,
+        token: str | None = None,
+        encoder: Any = None,
+        ice_servers: list[dict[str, Any]] | None = None,
+        relay_only: bool = False,
+    ) -> None:
+        """`encoder` replaces the Opus encoder (tests send garbage or floods with one)."""
         self.server_url = server_url.rstrip("/") + "/"
-        self.pc = RTCPeerConnection(rtc_configuration([]))
+        self._token = token
+        configuration = rtc_configuration(ice_servers or [])
+        if relay_only:  # only TURN-relayed candidates, as a browser with iceTransportPolicy "relay"
+            configuration.iceTransportPolicy = RTCIceTransportPolicy.RELAY
+        self.pc = RTCPeerConnection(configuration)
         self.mic = MicrophoneTrack()
         self.heard = Heard()
         self.events: list[dict[str, Any]] = []
@@ -179,18 +194,20 @@ class Caller:
         self._uplink_loss = uplink_loss
         self._random = random.Random(seed)
         self._fec = fec
+        self._encoder = encoder
         self.packets_dropped = 0
         self._connected = asyncio.Event()
+        self.channel: RTCDataChannel | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def connect(self, timeout_s: float = 10.0, resume: str | None = None) -> None:
         """Call the server; with `resume`, rejoin that call on this new connection."""
         pc = self.pc
         sender = pc.addTrack(self.mic)
-        if self._fec:
+        if self._fec or self._encoder is not None:
             # aiortc makes its encoder at the first frame; one put there first is used instead.
-            sender._RTCRtpSender__encoder = FecOpusEncoder()  # type: ignore[attr-defined]
-        channel = pc.createDataChannel("events")
+            sender._RTCRtpSender__encoder = self._encoder or FecOpusEncoder()  # type: ignore[attr-defined]
+        channel = self.channel = pc.createDataChannel("events")
         channel.on("message", self._on_event)
         pc.on("connectionstatechange", self._on_state)
         transceiver = pc.getTransceivers()[0]
@@ -202,7 +219,10 @@ class Caller:
             urljoin(self.server_url, "v1/calls"),
             params={"resume": resume} if resume else None,
             data=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
+            headers={
+                "Content-Type": "application/sdp",
+                **({"Authorization": f"Bearer {self._token}"} if self._token else {}),
+            },
         ) as response:
             body = await response.text()
             if response.status != 201:
@@ -301,9 +321,14 @@ class Caller:
 
 
 async def run_call(
-    url: str, play: str | None, record: str | None, seconds: float | None, loss: float
+    url: str,
+    play: str | None,
+    record: str | None,
+    seconds: float | None,
+    loss: float,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    caller = Caller(url, uplink_loss=loss)
+    caller = Caller(url, uplink_loss=loss, token=token)
     speech = load_wav(play) if play else np.zeros(0, np.int16)
     duration = seconds if seconds is not None else speech.size / RATE + 6.0
     await caller.connect()

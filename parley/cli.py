@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
+import os
 import sys
 
 from agent.tools import default_registry, load_tool_module
@@ -19,6 +21,11 @@ def _serve(args: argparse.Namespace) -> None:
     settings.port = args.port if args.port is not None else settings.port
     if args.backend:
         settings.backend = args.backend
+    if settings.join_secret is None and not is_loopback(settings.host) and not args.allow_unauthenticated:
+        raise SystemExit(
+            f"refusing to listen on {settings.host} without PARLEY_JOIN_SECRET: anyone could start calls on "
+            "your Gemini budget. Set a join secret, or pass --allow-unauthenticated if that is what you want."
+        )
     for module in args.tools or []:
         load_tool_module(module)
     if args.example_tools:
@@ -28,13 +35,35 @@ def _serve(args: argparse.Namespace) -> None:
     asyncio.run(serve(settings, default_registry))
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _token(args: argparse.Namespace) -> None:
+    from signaling.access import mint_join_token
+
+    secret = os.environ.get("PARLEY_JOIN_SECRET")
+    if not secret:
+        raise SystemExit("PARLEY_JOIN_SECRET is not set: it is the secret the server checks tokens with")
+    print(
+        mint_join_token(
+            secret, ttl_s=args.ttl, max_seconds=args.max_seconds, uses=args.uses, subject=args.subject
+        )
+    )
+
+
 def _call(args: argparse.Namespace) -> None:
     from agent.ice import offer_host_addresses
     from parley.caller import run_call
 
     offer_host_addresses(Settings.from_env().ice_host_addresses)
     try:
-        summary = asyncio.run(run_call(args.url, args.play, args.record, args.seconds, args.uplink_loss))
+        summary = asyncio.run(
+            run_call(args.url, args.play, args.record, args.seconds, args.uplink_loss, args.token)
+        )
     except (RuntimeError, OSError, TimeoutError) as exc:
         print(json.dumps({"error": str(exc) or type(exc).__name__}), file=sys.stderr)
         raise SystemExit(1) from None
@@ -62,11 +91,23 @@ def main(argv: list[str] | None = None) -> None:
         help="import MODULE and offer its @tool functions to the model (repeatable)",
     )
     serve.add_argument("--example-tools", action="store_true", help="offer the example tool (current time)")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback without PARLEY_JOIN_SECRET (anyone who reaches it can start calls)",
+    )
     serve.set_defaults(run=_serve)
 
     emulator = commands.add_parser("emulator", help="the Gemini Live emulator on its own")
     emulator_cli.add_arguments(emulator)
     emulator.set_defaults(run=emulator_cli.run)
+
+    token = commands.add_parser("token", help="mint a join token (needs PARLEY_JOIN_SECRET)")
+    token.add_argument("--ttl", type=float, default=300, help="seconds the token admits calls (default 300)")
+    token.add_argument("--max-seconds", type=float, default=None, help="longest call it admits")
+    token.add_argument("--uses", type=int, default=None, help="how many calls it may start")
+    token.add_argument("--subject", default=None, help="who it is for (appears in logs)")
+    token.set_defaults(run=_token)
 
     call = commands.add_parser("call", help="a headless caller: play a WAV into a call, record the answer")
     call.add_argument("url", help="the Parley server, e.g. http://127.0.0.1:8080")
@@ -74,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     call.add_argument("--record", metavar="WAV", help="where to write what was heard")
     call.add_argument("--seconds", type=float, default=None, help="call length (default: the WAV plus 6 s)")
     call.add_argument("--uplink-loss", type=float, default=0.0, help="drop this fraction of sent RTP packets")
+    call.add_argument("--token", default=os.environ.get("PARLEY_TOKEN"), help="join token (or PARLEY_TOKEN)")
     call.set_defaults(run=_call)
 
     from agent import fleet

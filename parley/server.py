@@ -29,6 +29,7 @@ from agent.tools import ToolRegistry
 from agent.worker import Worker
 from emulator.server import GeminiEmulator
 from parley.settings import GEMINI_ENV_KEYS, Settings
+from signaling.access import call_admission, parse_rate
 from signaling.app import add_metrics_route, create_app
 from signaling.middleware import use_turn
 
@@ -110,6 +111,7 @@ def call_options(settings: Settings) -> CallOptions:
         local_bargein=settings.local_bargein,
         send_silence=settings.send_silence,
         rejoin_grace_s=settings.rejoin_grace_s,
+        max_duration_s=settings.max_call_seconds,
     )
 
 
@@ -169,7 +171,19 @@ async def start(
         "model": settings.model,
     }
     web_root = Path(settings.web_root) if settings.web_root else WEB_ROOT
-    app = create_app(worker, web_root, page_config, allowed_origins=settings.allowed_origins)
+    app = create_app(
+        worker,
+        web_root,
+        page_config,
+        allowed_origins=settings.allowed_origins,
+        admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
+    )
+    if settings.join_secret is None:
+        logger.warning(
+            "no PARLEY_JOIN_SECRET: anyone who can reach http://%s:%d can start calls",
+            settings.host,
+            settings.port,
+        )
     add_metrics_route(app, metrics.render)
     use_turn(settings, app, worker, page_config)  # fresh TURN credentials per page and per call
     runner = web.AppRunner(app, access_log=None)

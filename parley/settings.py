@@ -88,6 +88,10 @@ class Settings:
     max_reconnects: int = 4
     tool_timeout_s: float = 10.0
     rejoin_grace_s: float = 20.0
+    max_call_seconds: float = 3600.0
+    rate_limit: str = "30/60"  # call set-ups per client: 30 per 60 s
+    # Join tokens are required when this is set (repr=False: a secret never reaches a log line).
+    join_secret: str | None = field(default=None, repr=False)
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     # None: every address aioice finds plus 127.0.0.1 (aioice leaves loopback out by itself).
     ice_host_addresses: list[str] | None = None
@@ -133,6 +137,9 @@ class Settings:
         s.max_reconnects = int(_env_float("PARLEY_MAX_RECONNECTS", s.max_reconnects))
         s.tool_timeout_s = _env_float("PARLEY_TOOL_TIMEOUT", s.tool_timeout_s)
         s.rejoin_grace_s = _env_float("PARLEY_REJOIN_GRACE", s.rejoin_grace_s)
+        s.max_call_seconds = _env_float("PARLEY_MAX_CALL_SECONDS", s.max_call_seconds)
+        s.rate_limit = os.environ.get("PARLEY_RATE_LIMIT", s.rate_limit)
+        s.join_secret = os.environ.get("PARLEY_JOIN_SECRET") or None
         s.ice_servers = parse_ice_servers(os.environ.get("PARLEY_ICE_SERVERS", ""))
         s.ice_host_addresses = _env_list("PARLEY_ICE_HOST_ADDRESSES")
         s.web_root = os.environ.get("PARLEY_WEB_ROOT") or None

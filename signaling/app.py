@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from agent.sdp import OfferError
 from agent.worker import WorkerBusy
+from signaling.access import JOIN_CLAIMS
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +32,8 @@ MAX_OFFER_BYTES = 64 * 1024
 class CallHost(Protocol):
     """What the signaling server needs from whoever runs the calls (an in-process worker, or a fleet)."""
 
-    async def create_call(self, offer_sdp: str) -> tuple[str, str]: ...
+    async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]: ...
+    async def resume_call(self, call_id: str, offer_sdp: str) -> str: ...
     async def end_call(self, call_id: str, reason: str = "hangup") -> None: ...
     def describe_call(self, call_id: str) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
@@ -42,8 +47,9 @@ def error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-async def read_offer(request: web.Request) -> tuple[str, bool]:
-    """The offer's SDP, and whether the caller spoke JSON. Raises an HTTP error response otherwise."""
+async def read_offer(request: web.Request) -> tuple[str, bool, str | None]:
+    """The offer's SDP, whether the caller spoke JSON, and the call it resumes, if any.
+    Raises an HTTP error response otherwise."""
     content_type = request.content_type
     if content_type not in ("application/sdp", "application/json"):
         raise web.HTTPUnsupportedMediaType(
@@ -64,7 +70,7 @@ async def read_offer(request: web.Request) -> tuple[str, bool]:
             text=json.dumps({"error": "the body is not UTF-8"}), content_type="application/json"
         ) from None
     if content_type == "application/sdp":
-        return text, False
+        return text, False, request.query.get("resume")
     try:
         payload = json.loads(text)
     except ValueError:
@@ -80,7 +86,12 @@ async def read_offer(request: web.Request) -> tuple[str, bool]:
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "only offers are accepted"}), content_type="application/json"
         )
-    return payload["sdp"], True
+    resume = payload.get("resume", request.query.get("resume"))
+    if resume is not None and not isinstance(resume, str):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "resume must be a call id"}), content_type="application/json"
+        )
+    return payload["sdp"], True, resume
 
 
 def _too_large() -> web.HTTPException:
@@ -93,9 +104,17 @@ def _too_large() -> web.HTTPException:
 
 
 async def create_call(request: web.Request) -> web.Response:
-    offer, as_json = await read_offer(request)
+    offer, as_json, resume = await read_offer(request)
     try:
-        call_id, answer = await request.app[CALL_HOST].create_call(offer)
+        if resume is not None:
+            call_id = resume
+            answer = await request.app[CALL_HOST].resume_call(resume, offer)
+        else:
+            claims = request.get(JOIN_CLAIMS)
+            max_seconds = claims.max_seconds if claims is not None else None
+            call_id, answer = await request.app[CALL_HOST].create_call(offer, max_seconds=max_seconds)
+    except KeyError:
+        return error(404, "no such call")
     except OfferError as exc:
         return error(exc.status, exc.message)
     except WorkerBusy as exc:
@@ -133,9 +152,74 @@ async def page_config(request: web.Request) -> web.Response:
     return web.json_response(request.app[PAGE_CONFIG])
 
 
-def create_app(host: CallHost, web_root: Path | None, page_config_data: dict[str, Any]) -> web.Application:
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def origin_guard(allowed_origins: list[str]) -> Any:
+    """The API (/v1/...) from a browser: its own origin always, other origins only when allowed ("*": any).
+
+    An allowed origin gets CORS headers and its preflights (OPTIONS) answered; any other origin gets 403
+    with a JSON error, itself readable from that origin so an embedded widget can say why. Same origin is
+    judged on host and port only (a TLS-terminating proxy makes the scheme differ). Scripts (widget.js
+    and the module it imports) are public: a module script is always fetched with CORS."""
+    allowed = {origin.strip().rstrip("/").lower() for origin in allowed_origins if origin.strip()}
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if not request.path.startswith("/v1/"):
+            response = await handler(request)
+            if origin is not None and request.path.endswith(".js"):
+                response.headers["Access-Control-Allow-Origin"] = "*"
+            return response
+        if origin is None or urlsplit(origin).netloc.lower() == request.host.lower():
+            return await handler(request)
+        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if origin.lower() not in allowed and "*" not in allowed:
+            message = f"{origin} is not an allowed origin for this server (PARLEY_ALLOWED_ORIGINS)"
+            return error(403, message, **cors)
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers={**cors, **CORS_HEADERS})
+        cors["Access-Control-Expose-Headers"] = "Location, Retry-After"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(cors)
+            raise
+        response.headers.update(cors)
+        return response
+
+    return guard
+
+
+def add_metrics_route(app: web.Application, render: Callable[[], tuple[bytes, str]]) -> None:
+    """GET /metrics: the Prometheus text exposition `render` makes (agent/metrics.py)."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app.router.add_get("/metrics", metrics)
+
+
+def create_app(
+    host: CallHost,
+    web_root: Path | None,
+    page_config_data: dict[str, Any],
+    allowed_origins: list[str] | None = None,
+    admission: Middleware | None = None,
+) -> web.Application:
     # aiohttp's own body limit answers 413 for any route that reads a body.
-    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+    middlewares = [origin_guard(allowed_origins or [])]
+    if admission is not None:
+        middlewares.append(admission)
+    app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=middlewares)
     app[CALL_HOST] = host
     app[PAGE_CONFIG] = page_config_data
     app.router.add_post("/v1/calls", create_call)

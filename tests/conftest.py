@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from emulator.server import EmulatorOptions, GeminiEmulator
 
 from agent.ice import offer_host_addresses
+from emulator.server import EmulatorOptions, GeminiEmulator
 from parley.server import Running, start
 from parley.settings import Settings
 
@@ -26,7 +27,9 @@ async def emulator() -> AsyncIterator[GeminiEmulator]:
 
 
 def make_settings(**overrides: object) -> Settings:
-    settings = Settings(host="127.0.0.1", port=0, backend="emulator", ice_host_addresses=["127.0.0.1"])
+    settings = Settings(
+        host="127.0.0.1", port=0, backend="emulator", ice_host_addresses=["127.0.0.1"], rate_limit="0"
+    )
     for key, value in overrides.items():
         setattr(settings, key, value)
     return settings
@@ -44,3 +47,18 @@ async def server(emulator: GeminiEmulator) -> AsyncIterator[Running]:
 @pytest.fixture
 def url(server: Running) -> str:
     return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def fuzz_server() -> Iterator[tuple[asyncio.AbstractEventLoop, str, Running]]:
+    """A server on its own event loop, shared by a module of hypothesis tests (which are synchronous)."""
+    loop = asyncio.new_event_loop()
+    emu = GeminiEmulator()
+    loop.run_until_complete(emu.start())
+    running = loop.run_until_complete(start(make_settings(), emulator=emu))
+    try:
+        yield loop, f"http://127.0.0.1:{running.port}", running
+    finally:
+        loop.run_until_complete(running.stop())
+        loop.run_until_complete(emu.stop())
+        loop.close()

@@ -1,0 +1,462 @@
+"""`parley signaling`: the HTTP API in front of a fleet of `parley worker` processes, through Redis.
+
+`RedisCallHost` is the `CallHost` the HTTP API talks to. It keeps a view of the registry (refreshed
+every heartbeat), sends each offer to the least-loaded live worker that takes calls (the next one if
+that worker refuses), and reaches the worker holding a call for its state or to hang it up. The wire
+is described in agent/redis_wire.py.
+
+A worker whose registry entry expired (no heartbeat for PARLEY_WORKER_TTL) is lost: `GET` on one of
+its calls answers `{"state": "ended", "end_reason": "worker_lost"}` for five minutes, then 404.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent.redis_wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
+from agent.sdp import OfferError
+from agent.turn import ice_servers_with_turn
+from agent.worker import CallNotFound, WorkerBusy
+from parley.settings import Settings
+from signaling.access import call_admission, parse_rate
+from signaling.app import create_app
+from signaling.middleware import WorkerTimeout, fresh_page_config, remote_calls
+
+logger = logging.getLogger("parley.signaling")
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+
+@dataclass
+class WorkerView:
+    """What signaling knows of one worker: its last heartbeat, and the calls it is placing there now."""
+
+    id: str
+    capacity: int = 0
+    active: int = 0
+    accepting: bool = False
+    state: str = "ready"
+    lag_ms: float = 0.0
+    cpu: float = 0.0
+    load: float = 0.0
+    instance: str = ""  # the worker process: versions are per instance
+    version: int = 0
+    backend: str = ""
+    host: str = ""
+    seen_at: float = 0.0  # monotonic time of the last heartbeat read
+    inflight: int = 0  # offers sent and not yet answered
+    suspect_until_version: int = -1  # did not answer: skipped until it heartbeats again
+
+    def update(self, fields: dict[str, str]) -> None:
+        def num(name: str) -> float:
+            try:
+                return float(fields.get(name, 0))
+            except ValueError:
+                return 0.0
+
+        instance = fields.get("instance", "")
+        if instance != self.instance:  # a new process under the same id: start over
+            self.instance, self.version, self.suspect_until_version = instance, -1, -1
+        version = int(num("version"))
+        if version >= self.version:  # a reply may have told us of a newer load already
+            self.version = version
+            self.active = int(num("active"))
+            self.accepting = fields.get("accepting") == "1"
+        self.capacity = int(num("capacity"))
+        self.state = fields.get("state", "ready")
+        self.lag_ms = num("lag_ms")
+        self.cpu = num("cpu")
+        self.load = num("load")
+        self.backend = fields.get("backend", "")
+        self.host = fields.get("host", "")
+        self.seen_at = time.monotonic()
+
+    def note_load(self, load: Any) -> None:
+        if not isinstance(load, dict) or load.get("instance") != self.instance:
+            return
+        if int(load.get("version", 0)) > self.version:
+            self.version = int(load["version"])
+            self.active = int(load.get("active", self.active))
+            self.accepting = bool(load.get("accepting", self.accepting))
+
+    def takes_calls(self) -> bool:
+        if not self.accepting or self.state != "ready" or self.version <= self.suspect_until_version:
+            return False
+        return not self.capacity or self.active + self.inflight < self.capacity
+
+    def fill(self) -> float:
+        return (self.active + self.inflight) / self.capacity if self.capacity else 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "state": self.state,
+            "accepting": self.accepting,
+            "active_calls": self.active,
+            "capacity": self.capacity,
+            "lag_ms": self.lag_ms,
+            "cpu": self.cpu,
+            "load": self.load,
+            "backend": self.backend,
+            "heartbeat_age_s": round(time.monotonic() - self.seen_at, 2),
+        }
+
+
+class RedisCallHost:
+    """The fleet as one `CallHost`; `start()` before use, `close()` after."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise ValueError("a Redis URL is needed")
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        # Replies are awaited with blocking pops, so the socket timeout must outlast the longest one.
+        self.redis = connect(settings.redis_url, command_timeout_s=settings.dispatch_timeout_s + 5)
+        self.workers: dict[str, WorkerView] = {}
+        self.lost: deque[dict[str, Any]] = deque(maxlen=20)
+        self.redis_ok = False
+        self.calls_placed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def rpc_timeout_s(self) -> float:
+        """For a call's state or hang-up: a live worker answers in milliseconds."""
+        return min(self.settings.dispatch_timeout_s, 3.0)
+
+    async def start(self) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.refresh()
+        self._task = asyncio.create_task(self._watch(), name="registry-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.redis.aclose()
+
+    # --- the registry ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        backoff = Backoff(cap_s=1.0)
+        while True:
+            try:
+                await self.refresh()
+            except REDIS_ERRORS as exc:
+                if self.redis_ok:
+                    logger.warning("lost Redis (%s): no new calls until it is back", exc)
+                self.redis_ok = False
+                await backoff.wait()
+                continue
+            backoff.reset()
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def refresh(self) -> None:
+        ids = sorted(str(i) for i in await self.redis.smembers(self.keys.workers))
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(self.keys.worker(worker_id))
+        entries = await pipe.execute() if ids else []
+        if not self.redis_ok:
+            logger.warning("connected to Redis: %d workers registered", len(ids))
+        self.redis_ok = True
+        alive: set[str] = set()
+        dead: list[str] = []
+        for worker_id, fields in zip(ids, entries, strict=True):
+            if not fields:
+                dead.append(worker_id)
+                continue
+            alive.add(worker_id)
+            view = self.workers.get(worker_id)
+            if view is None:
+                view = self.workers[worker_id] = WorkerView(worker_id)
+                logger.warning("worker %s joined (capacity %s)", worker_id, fields.get("capacity"))
+            view.update(fields)
+        if dead:
+            await self.redis.srem(self.keys.workers, *dead)
+        for worker_id in [w for w in self.workers if w not in alive]:
+            view = self.workers.pop(worker_id)
+            how = "left" if view.state != "ready" else "lost"
+            self.lost.append({"id": worker_id, "how": how, "at": round(time.time(), 3)})
+            if how == "lost":
+                ttl = self.settings.worker_ttl_s
+                logger.warning("worker %s lost: no heartbeat for %.1f s", worker_id, ttl)
+            else:
+                logger.warning("worker %s left", worker_id)
+
+    def candidates(self) -> list[WorkerView]:
+        """Workers that take calls, least loaded first (fill, then lag, then at random)."""
+        ready = [w for w in self.workers.values() if w.takes_calls()]
+        return sorted(
+            ready, key=lambda w: (round(w.fill(), 3), w.active + w.inflight, w.lag_ms, random.random())
+        )
+
+    # --- requests to workers --------------------------------------------------------------------
+
+    async def _request(
+        self, worker_id: str, message: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any] | None:
+        """Send a request to a worker's inbox and wait for its reply; None when none came in time."""
+        request_id = uuid.uuid4().hex
+        reply_key = self.keys.reply(request_id)
+        deadline = round(time.time() + timeout_s, 3)
+        message = {**message, "id": request_id, "reply": reply_key, "deadline": deadline}
+        inbox = self.keys.inbox(worker_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(inbox, encode(message))
+        pipe.expire(inbox, MESSAGE_TTL_S)
+        await pipe.execute()
+        item = await self.redis.blpop([reply_key], timeout=max(0.01, timeout_s))
+        if not item:
+            return None
+        return decode(item[1])
+
+    async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]:
+        candidates = self.candidates()
+        if not candidates:
+            if not self.redis_ok:
+                raise WorkerBusy("the call registry (Redis) is unavailable", retry_after_s=2)
+            raise WorkerBusy("no worker can take a call now" if self.workers else "no workers are running")
+        deadline = time.monotonic() + self.settings.dispatch_timeout_s
+        for index, view in enumerate(candidates):
+            if not view.takes_calls():  # filled up by a concurrent request meanwhile
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                break
+            # Leave time for the next worker if this one does not answer.
+            timeout_s = left if index == len(candidates) - 1 else left / 2
+            view.inflight += 1
+            try:
+                message = {"op": "create", "sdp": offer_sdp, "max_seconds": max_seconds}
+                reply = await self._request(view.id, message, timeout_s)
+            except REDIS_ERRORS as exc:
+                logger.warning("could not reach Redis to place a call: %s", exc)
+                raise WorkerBusy("the call registry (Redis) is unavailable", retry_after_s=2) from None
+            finally:
+                view.inflight -= 1
+            if reply is None:
+                logger.warning("worker %s did not answer within %.1f s", view.id, timeout_s)
+                view.suspect_until_version = view.version
+                continue
+            view.note_load(reply.get("load"))
+            if reply.get("ok"):
+                self.calls_placed += 1
+                return str(reply["call"]), str(reply["sdp"])
+            if reply.get("error") == "offer":
+                raise OfferError(int(reply.get("status", 400)), str(reply.get("message", "bad offer")))
+            logger.info("worker %s refused a call: %s", view.id, reply.get("message"))
+        raise WorkerBusy("no worker could take the call")
+
+    async def _holder(self, call_id: str) -> tuple[str, bool]:
+        """The id of the worker holding a call, and whether that worker is alive."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.call(call_id))
+        worker_id = (await pipe.execute())[0]
+        if not worker_id:
+            raise CallNotFound(call_id)
+        alive = bool(await self.redis.exists(self.keys.worker(worker_id)))
+        return str(worker_id), alive
+
+    async def _ask_holder(self, call_id: str, message: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """(worker id, its reply); the reply is None when the worker is lost."""
+        try:
+            worker_id, alive = await self._holder(call_id)
+            if not alive:
+                return worker_id, None
+            reply = await self._request(worker_id, message, self.rpc_timeout_s)
+            if reply is None and not await self.redis.exists(self.keys.worker(worker_id)):
+                return worker_id, None
+        except REDIS_ERRORS:
+            raise WorkerBusy("the call registry (Redis) is unavailable", retry_after_s=2) from None
+        if reply is None:
+            raise WorkerTimeout(f"worker {worker_id} did not answer within {self.rpc_timeout_s:.0f} s")
+        if not reply.get("ok"):
+            if reply.get("error") == "offer":
+                raise OfferError(int(reply.get("status", 400)), str(reply.get("message", "bad offer")))
+            raise CallNotFound(call_id)
+        return worker_id, reply
+
+    async def fetch_call(self, call_id: str) -> dict[str, Any]:
+        """The call's state and counters from the worker holding it, with that worker's id."""
+        worker_id, reply = await self._ask_holder(call_id, {"op": "describe", "call": call_id})
+        if reply is None:
+            return {"call": call_id, "state": "ended", "end_reason": "worker_lost", "worker": worker_id}
+        summary = reply.get("summary")
+        return {**(summary if isinstance(summary, dict) else {}), "worker": worker_id}
+
+    async def hang_up(self, call_id: str, reason: str = "hangup") -> None:
+        _, reply = await self._ask_holder(call_id, {"op": "end", "call": call_id, "reason": reason})
+        if reply is None:  # its worker is gone, and the call with it
+            raise CallNotFound(call_id)
+
+    async def end_call(self, call_id: str, reason: str = "hangup") -> None:
+        await self.hang_up(call_id, reason)
+
+    async def resume_call(self, call_id: str, offer_sdp: str) -> str:
+        """A caller rejoins its call on a new peer connection: the offer goes to the worker holding it."""
+        try:
+            _, reply = await self._ask_holder(call_id, {"op": "resume", "call": call_id, "sdp": offer_sdp})
+        except WorkerTimeout as exc:
+            raise WorkerBusy(str(exc), retry_after_s=2) from None
+        if reply is None:  # its worker is gone, and the call with it
+            raise CallNotFound(call_id)
+        return str(reply["sdp"])
+
+    def describe_call(self, call_id: str) -> dict[str, Any]:
+        # The HTTP API reaches `fetch_call` through the `remote_calls` middleware; a synchronous
+        # lookup cannot ask a worker.
+        raise CallNotFound(call_id)
+
+    def stats(self) -> dict[str, Any]:
+        workers = [w.describe() for w in self.workers.values()]
+        return {
+            "mode": "fleet",
+            "redis": "ok" if self.redis_ok else "unavailable",
+            "workers": workers,
+            "workers_accepting": sum(1 for w in self.workers.values() if w.takes_calls()),
+            "active_calls": sum(w.active for w in self.workers.values()),
+            "capacity": sum(w.capacity for w in self.workers.values()),
+            "calls_placed": self.calls_placed,
+            "workers_gone": list(self.lost),
+        }
+
+    def metrics(self) -> str:
+        stats = self.stats()
+        capacity = stats["capacity"]
+        gauges = {
+            "parley_fleet_workers": len(self.workers),
+            "parley_fleet_workers_accepting": stats["workers_accepting"],
+            "parley_fleet_active_calls": stats["active_calls"],
+            "parley_fleet_capacity": capacity,
+            "parley_fleet_load": round(stats["active_calls"] / capacity, 3) if capacity else 1.0,
+            "parley_fleet_redis_up": int(self.redis_ok),
+        }
+        lines = []
+        for name, value in gauges.items():
+            lines += [f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+# --- the process --------------------------------------------------------------------------------
+
+
+def page_config_source(settings: Settings, host: RedisCallHost) -> Any:
+    def make() -> dict[str, Any]:
+        ice = ice_servers_with_turn(
+            settings.ice_servers,
+            settings.turn_urls,
+            settings.turn_secret,
+            settings.turn_ttl_s,
+            f"web-{uuid.uuid4().hex[:8]}",
+        )
+        emulator = any(w.backend == "emulator" for w in host.workers.values())
+        return {"iceServers": ice, "emulator": emulator, "model": settings.model}
+
+    return make
+
+
+def create_fleet_app(settings: Settings, host: RedisCallHost) -> web.Application:
+    make_config = page_config_source(settings, host)
+    web_root = Path(settings.web_root) if settings.web_root else WEB_ROOT
+    # The same front door as `parley serve`: allowed origins, join tokens and the rate limit. (Token
+    # `uses` are counted by each signaling process.)
+    app = create_app(
+        host,
+        web_root,
+        make_config(),
+        allowed_origins=settings.allowed_origins,
+        admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
+    )
+    app.middlewares.append(fresh_page_config(make_config))
+    app.middlewares.append(remote_calls(host))
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = host.redis_ok
+        return web.json_response({"ready": ready, "redis": host.redis_ok}, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=host.metrics(), content_type="text/plain")
+
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@dataclass
+class RunningSignaling:
+    runner: web.AppRunner
+    host: RedisCallHost
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.host.close()
+
+
+async def start_signaling(settings: Settings) -> RunningSignaling:
+    host = RedisCallHost(settings)
+    await host.start()
+    # On shutdown, requests in flight get as long as a dispatch may take.
+    runner = web.AppRunner(
+        create_fleet_app(settings, host), access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = int(runner.addresses[0][1]) if runner.addresses else settings.port
+    logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
+    if settings.join_secret is None:
+        logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
+    return RunningSignaling(runner, host, port)
+
+
+def _safe_url(settings: Settings) -> str:
+    """The Redis URL without a password."""
+    url = settings.redis_url or ""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
+
+
+def run(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    settings.redis_url = args.redis or settings.redis_url
+    if not settings.redis_url:
+        raise SystemExit("parley signaling needs --redis URL (or PARLEY_REDIS_URL)")
+    settings.host = args.host or settings.host
+    settings.port = args.port if args.port is not None else settings.port
+    asyncio.run(serve_signaling(settings))
+
+
+async def serve_signaling(settings: Settings) -> None:
+    running = await start_signaling(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()
