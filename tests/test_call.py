@@ -12,18 +12,10 @@ from parley.caller import RATE, Caller, load_wav
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 
 SPEECH = load_wav("tests/data/speech.wav")
 SPEECH_S = SPEECH.size / RATE
-
-
-async def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 async def test_spoken_turn_is_answered_with_the_same_speech(url: str) -> None:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from emulator.server import GeminiEmulator
 from parley.caller import RATE, Caller, load_wav
 from parley.settings import Settings
 from signaling.dispatch import RunningSignaling, start_signaling
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH = load_wav(str(ROOT / "tests/data/speech.wav"))
@@ -42,15 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class RedisServer:
@@ -253,9 +245,7 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet(
-    redis_server: RedisServer, emulator: GeminiEmulator, tmp_path: Path
-) -> AsyncIterator[Fleet]:
+async def fleet(redis_server: RedisServer, emulator: GeminiEmulator, tmp_path: Path) -> AsyncIterator[Fleet]:
     fleet = Fleet(redis_server, emulator, tmp_path)
     await fleet.start_signaling()
     try:
@@ -276,8 +266,10 @@ async def is_answered(caller: Caller) -> None:
     caller.say(SPEECH)
     await caller.wait_for_event("agent_turn_start", timeout_s=SPEECH_S + 20, after=mark)
     await wait_until(
-        lambda: len(caller.mic.speech_ends) > ends
-        and caller.heard.first_loud_after(caller.mic.speech_ends[ends]) is not None,
+        lambda: (
+            len(caller.mic.speech_ends) > ends
+            and caller.heard.first_loud_after(caller.mic.speech_ends[ends]) is not None
+        ),
         10,
         "the agent's voice",
     )

@@ -22,18 +22,10 @@ from parley.caller import RATE, Caller, load_wav
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 
 SPEECH = load_wav("tests/data/speech.wav")
 SHORT = SPEECH[: RATE * 9 // 10]  # "Hello Parley."
-
-
-async def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def events(caller: Caller, kind: str, **match: Any) -> list[dict[str, Any]]:
@@ -44,10 +36,10 @@ async def take_turn(caller: Caller, utterance: np.ndarray, timeout_s: float = 15
     """Say something and wait until the agent has answered it in full."""
     done = len(events(caller, "agent_turn_end", cut=False))
     caller.say(utterance)
-    await wait_for(lambda: len(events(caller, "agent_turn_end", cut=False)) > done, timeout_s, "the answer")
+    await wait_until(lambda: len(events(caller, "agent_turn_end", cut=False)) > done, timeout_s, "the answer")
     # turnComplete can come a little before the last of the audio has reached the caller
     loop = asyncio.get_running_loop()
-    await wait_for(lambda: loop.time() - (caller.heard.last_loud() or 0) > 0.4, 5, "the answer to be heard")
+    await wait_until(lambda: loop.time() - (caller.heard.last_loud() or 0) > 0.4, 5, "the answer to be heard")
     return events(caller, "agent_turn_end", cut=False)[-1]
 
 
@@ -114,14 +106,14 @@ async def test_drop_mid_speech_loses_nothing_the_user_said(url: str, emulator: G
     emulator.options.drop_after_s = 1.2  # the first connection dies 1.2 s in, mid-sentence
     emulator.options.drop_code = 1011
     async with calling(url) as call:
-        await wait_for(lambda: emulator.connections, 5, "the Gemini connection")
+        await wait_until(lambda: emulator.connections, 5, "the Gemini connection")
         emulator.options.drop_after_s = None  # only the first
         await drop_mid_speech(call, emulator)
 
 
 async def drop_mid_speech(call: Caller, emulator: GeminiEmulator) -> None:
     reconnect = asyncio.get_running_loop().create_task(
-        wait_for(lambda: emulator.connections[0].close_code is not None, 10, "the drop")
+        wait_until(lambda: emulator.connections[0].close_code is not None, 10, "the drop")
     )
     spoken_at = asyncio.get_running_loop().time()
     await take_turn(call, SPEECH, timeout_s=20)
@@ -208,11 +200,11 @@ async def test_gemini_gone_for_good_ends_the_call_with_a_reason(emulator: Gemini
     caller = Caller(f"http://127.0.0.1:{running.port}")
     await caller.connect()
     try:
-        await wait_for(lambda: emulator.open_connections() == 1, 5, "the Gemini connection")
+        await wait_until(lambda: emulator.open_connections() == 1, 5, "the Gemini connection")
         await emulator.stop()
         ended = await caller.wait_for_event("ended", timeout_s=20)
         assert "gemini unavailable" in ended["reason"]
-        await wait_for(lambda: not running.worker.calls, 5, "the call to be released")
+        await wait_until(lambda: not running.worker.calls, 5, "the call to be released")
     finally:
         await caller.hang_up()
         await running.stop()
@@ -261,11 +253,11 @@ async def test_tool_call_round_trip_and_cancellation(emulator: GeminiEmulator) -
         await asyncio.wait_for(started.wait(), 10)
         await asyncio.sleep(0.2)
         caller.say(SHORT)
-        await wait_for(lambda: events(caller, "session", event="tool_cancelled"), 10, "the cancellation")
+        await wait_until(lambda: events(caller, "session", event="tool_cancelled"), 10, "the cancellation")
         cancelled = events(caller, "session", event="tool_cancelled")[0]
         slow_calls = [c["id"] for c in emulator.connections[0].tool_calls if c["name"] == "slow_lookup"]
         assert cancelled["id"] == slow_calls[0]
-        await wait_for(stopped.is_set, 5, "the tool to be cancelled")
+        await wait_until(stopped.is_set, 5, "the tool to be cancelled")
     finally:
         await caller.hang_up()
         await running.stop()

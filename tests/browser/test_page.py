@@ -3,10 +3,7 @@ the latency panel, hang-up, the error states, and rejoining the same call after 
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from collections.abc import Callable
 
 from playwright.async_api import Page, expect
 
@@ -14,15 +11,7 @@ from emulator.server import GeminiEmulator
 from parley.caller import Caller
 from parley.server import Running
 from tests.browser.conftest import SCREENSHOTS, Pages, client_state, cut_network, start_server
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+from tests.waiting import wait_until
 
 
 async def wait_for_state(page: Page, state: str, timeout_s: float) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ from playwright.async_api import Page, expect
 from emulator.server import GeminiEmulator
 from parley.server import Running
 from tests.browser.conftest import SCREENSHOTS, Pages, start_server
+from tests.waiting import wait_until
 
 HOST_PAGE = """<!doctype html>
 <html lang="en">
@@ -95,15 +94,6 @@ async def host_events(page: Page, type_: str) -> list[dict[str, Any]]:
         f"() => window.hostEvents.filter((e) => e.type === {type_!r})"
     )
     return events
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 async def test_widget_on_an_allowed_origin_makes_a_call(
