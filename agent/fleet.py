@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from agent.ice import offer_host_addresses, rtc_configuration
+from agent.ice import rtc_configuration
 from agent.metrics import Metrics
 from agent.redis_wire import (
     CALL_KEY_TTL_S,
@@ -489,34 +489,15 @@ async def run_worker(
     settings: Settings, tools: ToolRegistry | None = None, worker_id: str | None = None
 ) -> int:
     """Run one worker process until SIGTERM (drain) or SIGINT (end calls now). Returns the exit status."""
-    from agent.loopback import loopback_client
-    from emulator.server import GeminiEmulator
-    from parley.server import call_options, fresh_vertex_credentials, make_client, session_config
+    from parley.server import build_agent
 
-    # The same Gemini backend as `parley serve`: the SDK's environment, else an in-process emulator.
-    offer_host_addresses(settings.ice_host_addresses)
-    backend = settings.resolved_backend()
-    emulator = None
-    if backend == "emulator":
-        emulator = GeminiEmulator()
-        await emulator.start()
-        logger.warning("no GEMINI_API_KEY set: this worker uses an in-process Gemini Live emulator")
-    background: list[asyncio.Task[None]] = []
-    if backend == "loopback":
-        client = loopback_client()
-    else:
-        credentials = await fresh_vertex_credentials(background) if emulator is None else None
-        client = make_client(settings, emulator, credentials)
-    metrics = Metrics()
-    options = call_options(settings)
-    options.metrics = metrics
-    if backend == "loopback":
-        options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
-    worker = Worker(
-        client,
-        session_config(settings, tools or ToolRegistry()),
-        options,
-        max_calls=settings.max_calls or DEFAULT_WORKER_CALLS,
+    agent = await build_agent(settings, tools, max_calls=settings.max_calls or DEFAULT_WORKER_CALLS)
+    worker, metrics, backend, emulator, background = (
+        agent.worker,
+        agent.metrics,
+        agent.backend,
+        agent.emulator,
+        agent.background,
     )
     worker_id = worker_id or settings.worker_id or default_worker_id()
     if settings.turn_secret:

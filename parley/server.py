@@ -137,15 +137,30 @@ class Running:
             await self.emulator.stop()
 
 
-async def start(
-    settings: Settings, tools: ToolRegistry | None = None, emulator: GeminiEmulator | None = None
-) -> Running:
-    """Start serving. An `emulator` passed in (tests) is used as it is and left running at stop()."""
+@dataclass
+class Agent:
+    """What a process needs to run calls: the worker and the Gemini backend behind it."""
+
+    worker: Worker
+    backend: str
+    emulator: GeminiEmulator | None  # started here, so stopped by whoever stops the process
+    background: list[asyncio.Task[None]]
+    metrics: Metrics
+
+
+async def build_agent(
+    settings: Settings,
+    tools: ToolRegistry | None = None,
+    emulator: GeminiEmulator | None = None,
+    max_calls: int | None = None,
+) -> Agent:
+    """The Gemini backend `settings` ask for (an in-process emulator when no key is set) and a worker on it.
+    An `emulator` passed in (tests) is used as it is."""
     offer_host_addresses(settings.ice_host_addresses)
     backend = settings.resolved_backend()
-    own_emulator = emulator is None and backend == "emulator"
-    if own_emulator:
-        emulator = GeminiEmulator()
+    own_emulator: GeminiEmulator | None = None
+    if emulator is None and backend == "emulator":
+        emulator = own_emulator = GeminiEmulator()
         await emulator.start()
         logger.warning(
             "no GEMINI_API_KEY set: using the offline Gemini Live emulator at %s (you will hear your own "
@@ -163,8 +178,22 @@ async def start(
     options.metrics = metrics
     if backend == "loopback":
         options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
-    tools_registry = tools or ToolRegistry()
-    worker = Worker(client, session_config(settings, tools_registry), options, max_calls=settings.max_calls)
+    worker = Worker(
+        client,
+        session_config(settings, tools or ToolRegistry()),
+        options,
+        max_calls=settings.max_calls if max_calls is None else max_calls,
+    )
+    return Agent(worker, backend, own_emulator, background, metrics)
+
+
+async def start(
+    settings: Settings, tools: ToolRegistry | None = None, emulator: GeminiEmulator | None = None
+) -> Running:
+    """Start serving. An `emulator` passed in (tests) is used as it is and left running at stop()."""
+    agent = await build_agent(settings, tools, emulator)
+    worker, metrics, backend = agent.worker, agent.metrics, agent.backend
+    emulator = emulator or agent.emulator
     page_config = {
         "iceServers": settings.ice_servers,
         "emulator": emulator is not None,
@@ -201,7 +230,7 @@ async def start(
         backend,
         settings.model,
     )
-    return Running(runner, worker, emulator if own_emulator else None, port, background, metrics)
+    return Running(runner, worker, agent.emulator, port, agent.background, metrics)
 
 
 async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
