@@ -123,11 +123,10 @@ class Call:
         check_offer(offer_sdp)
         if self._closing is not None:
             raise OfferError(404, "that call has ended")
-        old = self.pc
+        old = self.pc, self.uplink, self.track, self.channel
         self.pc = RTCPeerConnection(rtc_configuration(self.options.ice_servers))
-        self.uplink = OpusUplink(
-            self._on_caller_pcm, flood_guard=True
-        )  # a new stream: new SSRC and sequence numbers
+        # A new stream: new SSRC and sequence numbers, and a new sender for the same playout buffer.
+        self.uplink = OpusUplink(self._on_caller_pcm, flood_guard=True)
         self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
         self.channel = None
         try:
@@ -135,13 +134,14 @@ class Call:
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.pc.close()
-            self.pc = old
+            self.pc, self.uplink, self.track, self.channel = old
             raise
         self.rejoins += 1
         self.reconnecting_since = None
         self.state = "connecting"
+        old[2].stop()
         with contextlib.suppress(Exception):
-            await old.close()
+            await old[0].close()
         return answer
 
     async def _negotiate(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
