@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_MIME = "audio/pcm;rate=16000"
 INPUT_BYTES_PER_SECOND = 16000 * 2
+STABLE_CONNECTION_S = 10.0
 
 
 class SessionListener(Protocol):
@@ -91,6 +92,7 @@ class _Connection:
     def __init__(self, live: Any, exit_stack: contextlib.AsyncExitStack) -> None:
         self.live = live
         self.exit_stack = exit_stack
+        self.opened_at = time.monotonic()
         self.generating = False
         self.goaway_deadline: float | None = None
         self.tool_tasks: dict[str, asyncio.Task[None]] = {}
@@ -171,7 +173,6 @@ class GeminiSession:
                 if conn is None:
                     try:
                         conn = await self._open()
-                        failures = 0
                     except SessionEnded:
                         raise
                     except Exception as exc:
@@ -182,10 +183,15 @@ class GeminiSession:
                 try:
                     await self._serve(conn)
                 except Exception as exc:
+                    # A connection that opens and dies at once counts against the limit like one that
+                    # never opened; one that held for a while starts the count afresh.
+                    lived = time.monotonic() - conn.opened_at
                     await self._drop(conn)
                     conn = None
-                    failures += 1
+                    failures = 1 if lived >= STABLE_CONNECTION_S else failures + 1
                     self._on_failure(exc, failures)
+                    if failures > 1:
+                        await asyncio.sleep(self._backoff(failures - 1))
                     continue
                 if self._closed:
                     break

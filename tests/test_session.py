@@ -324,3 +324,17 @@ async def test_resuming_an_unknown_call_is_404(url: str) -> None:
     with pytest.raises(RuntimeError, match="404"):
         await caller.connect(resume="no-such-call")
     await caller.hang_up()
+
+
+async def test_connections_that_die_at_once_end_the_call_instead_of_looping(emulator: GeminiEmulator) -> None:
+    emulator.options.drop_after_s = 0.05  # every connection opens, then drops straight away
+    running = await start(make_settings(max_reconnects=3), emulator=emulator)
+    caller = Caller(f"http://127.0.0.1:{running.port}")
+    await caller.connect()
+    try:
+        ended = await caller.wait_for_event("ended", timeout_s=20)
+        assert "gemini unavailable" in ended["reason"]
+        assert 3 <= len(emulator.connections) <= 5  # gave up after a few, with back-off between them
+    finally:
+        await caller.hang_up()
+        await running.stop()
