@@ -33,14 +33,11 @@ DOWNLINK_BITRATE = 48000
 # The track starts a chunk this long after it could have at the least, over the last TRIM_WINDOW chunk
 # starts, at most: any more is slack left by a late chunk, given back by moving the clock earlier.
 TRIM_KEEP_S = 0.004
-TRIM_WINDOW = 50
+TRIM_WINDOW = 10
+TRIM_MAX_S = 0.06  # at most this much at once (a burst of 3 frames), well below MAX_LATENESS_S
 # A stream whose next chunk is late waits this long for it (the clock slips) before sending silence:
 # longer than a frame, so the concealment of a lost uplink packet (it comes with the next one) is in time.
 UNDERRUN_WAIT_S = 0.025
-# A live source (the loopback) keeps no lateness: what the clock slipped, or silence the track had to
-# insert, is made up by skipping near-silent samples (below this level) when more than a frame is queued.
-SILENCE_LEVEL = 64
-MAX_DEBT_SAMPLES = PLAYOUT_RATE // 2
 
 
 class PlayoutBuffer:
@@ -54,7 +51,8 @@ class PlayoutBuffer:
         self.queued = 0
         self._ideal_end = 0.0
         self._waiter: asyncio.Future[bool] | None = None
-        # A live source (real-time audio, like the loopback's echo) has no audio to spare: see SILENCE_LEVEL.
+        # A live source (real-time audio, like the loopback's echo) is never ahead of its clock: any audio
+        # queued is lateness, so the track measures (and trims) its slack from arrival, not from `due`.
         self.live = False
         # For the chunk the last pop() started: when its first sample would have played in the ideal
         # player, as a time to compare with the frame's send time (its offset in the frame taken off).
@@ -68,24 +66,6 @@ class PlayoutBuffer:
             self.queued += samples.size
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(True)
-
-    def skip_silence(self, limit: int) -> int:
-        """Drop up to `limit` near-silent samples from the head; returns how many were dropped."""
-        dropped = 0
-        while dropped < limit and self._chunks:
-            chunk = self._chunks[0][0]
-            piece = chunk[self._offset : self._offset + limit - dropped]
-            loud = np.flatnonzero(np.abs(piece) > SILENCE_LEVEL)
-            quiet = int(loud[0]) if loud.size else piece.size
-            self._offset += quiet
-            self.queued -= quiet
-            dropped += quiet
-            if self._offset == chunk.size:
-                self._chunks.popleft()
-                self._offset = 0
-            if quiet < piece.size:
-                break
-        return dropped
 
     async def wait_for_audio(self, timeout_s: float) -> bool:
         """Wait until something is pushed (True) or `timeout_s` passes (False)."""
@@ -214,7 +194,6 @@ class PlayoutTrack(MediaStreamTrack):
         self._on_chunk_started = on_chunk_started
         self._encoder = encoder
         self._idle = True
-        self._debt = 0  # live sources: samples of lateness to make up (SILENCE_LEVEL)
         self._min_slack = float("inf")
         self._slack_samples = 0
         self._clock_start: float | None = None
@@ -243,28 +222,23 @@ class PlayoutTrack(MediaStreamTrack):
                 await asyncio.sleep(due - now)
         elif now - due > MAX_LATENESS_S:
             self._clock_start = now - self._pts / PLAYOUT_RATE
-            self._owe(now - due)
         if not self._idle and not self.buffer.queued:
             # Mid-stream and the next chunk is late: wait a little for it rather than insert silence.
             waited_from = time.monotonic()
             if await self.buffer.wait_for_audio(UNDERRUN_WAIT_S):
-                slipped = time.monotonic() - waited_from
-                self._clock_start += slipped
-                self._owe(slipped)
-        if self._debt and self.buffer.queued > FRAME_SAMPLES:
-            self._debt -= self.buffer.skip_silence(min(self._debt, self.buffer.queued - FRAME_SAMPLES))
+                self._clock_start += time.monotonic() - waited_from
+                self._min_slack, self._slack_samples = float("inf"), 0  # a new phase: judge it afresh
         samples, chunk_arrived_at = self.buffer.pop(FRAME_SAMPLES)
-        if not self._idle and samples.size < FRAME_SAMPLES:
-            self._owe((FRAME_SAMPLES - samples.size) / PLAYOUT_RATE)
         self._idle = samples.size == 0
         if samples.size < FRAME_SAMPLES:
             if samples.size == 0:
                 self.silent_frames += 1
             samples = np.concatenate([samples, np.zeros(FRAME_SAMPLES - samples.size, np.int16)])
         if chunk_arrived_at is not None:
-            # the time to measure the chunk's added latency from: its arrival, or the end of the audio
-            # queued ahead of it when it came (that wait is playback, not latency)
-            due_at = self.buffer.started_due or chunk_arrived_at
+            # the time to measure the chunk's added latency from: the end of the audio queued ahead of it
+            # when it came, if later than its arrival (that wait is playback, not latency); for a live
+            # source, always its arrival (audio queued ahead of live audio is lateness)
+            due_at = chunk_arrived_at if self.buffer.live else self.buffer.started_due or chunk_arrived_at
             self._trim(time.monotonic() - due_at)
             if self._on_chunk_started is not None:
                 self._on_chunk_started(due_at)
@@ -284,10 +258,6 @@ class PlayoutTrack(MediaStreamTrack):
                 callback()
         return frame
 
-    def _owe(self, late_s: float) -> None:
-        if self.buffer.live:
-            self._debt = min(MAX_DEBT_SAMPLES, self._debt + round(late_s * PLAYOUT_RATE))
-
     def _trim(self, slack_s: float) -> None:
         """Chunks start `slack_s` later than they could: if even the least of a window is more than
         TRIM_KEEP_S (a late chunk pushed the clock back), move the clock up by the difference."""
@@ -295,6 +265,6 @@ class PlayoutTrack(MediaStreamTrack):
         self._slack_samples += 1
         if self._slack_samples >= TRIM_WINDOW:
             if self._min_slack > TRIM_KEEP_S and self._clock_start is not None:
-                self._clock_start -= self._min_slack - TRIM_KEEP_S
+                self._clock_start -= min(self._min_slack - TRIM_KEEP_S, TRIM_MAX_S)
             self._min_slack = float("inf")
             self._slack_samples = 0
