@@ -29,6 +29,7 @@ from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings
 from tests.netns import ROOT, Link, link_unavailable
+from tests.waiting import wait_until
 
 SPEECH_WAV = "tests/data/speech.wav"
 SPEECH = load_wav(SPEECH_WAV)
@@ -67,15 +68,6 @@ async def call_from(link: Link, running: Running, *args: str) -> asyncio.subproc
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-
-
-async def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 async def active_call(running: Running, caller: asyncio.subprocess.Process) -> Call:
