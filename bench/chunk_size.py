@@ -53,8 +53,15 @@ async def cost_per_audio_second(base_url: str, ca_file: str, chunk_ms: int) -> f
 async def main() -> None:
     port = free_port()
     cert_dir = tempfile.mkdtemp()
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "parley.cli", "emulator", "--port", str(port), "--cert-dir", cert_dir],
+    emulator = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "parley.cli",
+        "emulator",
+        "--port",
+        str(port),
+        "--cert-dir",
+        cert_dir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -80,7 +87,7 @@ async def main() -> None:
         print(json.dumps(results, indent=2))
     finally:
         emulator.terminate()
-        emulator.wait()
+        await emulator.wait()
 
 
 if __name__ == "__main__":
