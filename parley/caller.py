@@ -198,6 +198,7 @@ class Caller:
         self.packets_dropped = 0
         self._connected = asyncio.Event()
         self.channel: RTCDataChannel | None = None
+        self.answer_sdp = ""
         self._session: aiohttp.ClientSession | None = None
 
     async def connect(self, timeout_s: float = 10.0, resume: str | None = None) -> None:
@@ -224,7 +225,7 @@ class Caller:
                 **({"Authorization": f"Bearer {self._token}"} if self._token else {}),
             },
         ) as response:
-            body = await response.text()
+            body = self.answer_sdp = await response.text()
             if response.status != 201:
                 raise RuntimeError(f"call refused: {response.status} {body}")
             self.call_url = urljoin(self.server_url, response.headers["Location"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import re
 
 import av
 from aiortc.codecs.opus import OpusEncoder
@@ -95,5 +97,41 @@ async def test_junk_on_the_data_channel_is_ignored(url: str, server: Running) ->
         assert pong["t"] == 42
         caller.say(SPEECH[:RATE])
         await caller.wait_for_event("agent_turn_end", timeout_s=15)  # the call works on
+    finally:
+        await caller.hang_up()
+
+
+async def test_malformed_packets_at_the_media_port_change_nothing(url: str, server: Running) -> None:
+    caller = Caller(url)
+    await caller.connect()
+    try:
+        ports = {
+            int(m.group(1))
+            for m in re.finditer(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+) typ host", caller.answer_sdp)
+        }
+        assert ports
+        rng = random.Random(3)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", ports.pop())
+        )
+        for i in range(2000):
+            kind = i % 4
+            if kind == 0:  # random bytes
+                datagram = rng.randbytes(rng.randint(1, 1400))
+            elif kind == 1:  # an RTP header with a garbage payload, not SRTP-protected
+                datagram = bytes([0x80, 111]) + rng.randbytes(10) + rng.randbytes(rng.randint(0, 200))
+            elif kind == 2:  # something that looks like STUN
+                datagram = b"\x00\x01" + rng.randbytes(18) + rng.randbytes(rng.randint(0, 60))
+            else:  # a DTLS-looking record
+                datagram = bytes([23, 0xFE, 0xFD]) + rng.randbytes(rng.randint(10, 300))
+            transport.sendto(datagram)
+            if i % 200 == 0:
+                await asyncio.sleep(0.01)
+        transport.close()
+        caller.say(SPEECH[:RATE])
+        await caller.wait_for_event("agent_turn_end", timeout_s=15)  # the call works on
+        call_id = caller.call_url.rsplit("/", 1)[1] if caller.call_url else ""
+        assert server.worker.describe_call(call_id)["state"] == "active"
     finally:
         await caller.hang_up()

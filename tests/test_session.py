@@ -271,6 +271,8 @@ async def test_transcripts_and_turn_timings_reach_the_caller(call: Caller) -> No
     turn = events(call, "agent_turn_start")[0]
     assert turn["response_ms"] is not None and 0 < turn["response_ms"] < 3000
     assert events(call, "transcript", role="user") and events(call, "transcript", role="agent")
+    tokens = (await call.call_state())["gemini"]["tokens"]  # usageMetadata, summed over the call
+    assert tokens["total"] > 0 and tokens["prompt"] > 0
 
 
 async def test_paused_uplink_sends_stream_end_and_keeps_the_first_syllable(emulator: GeminiEmulator) -> None:
@@ -338,3 +340,23 @@ async def test_connections_that_die_at_once_end_the_call_instead_of_looping(emul
     finally:
         await caller.hang_up()
         await running.stop()
+
+
+async def test_local_vad_cuts_the_agent_before_gemini_says_interrupted(emulator: GeminiEmulator) -> None:
+    # Gemini notices speech a network round trip and its own onset later; on loopback that lead has to
+    # be made by hand, or the emulator would win every race.
+    emulator.options.vad_prefix_padding_ms = 600
+    heard_cut: dict[bool, dict[str, Any]] = {}
+    for local in (True, False):
+        running = await start(make_settings(local_bargein=local), emulator=emulator)
+        try:
+            async with calling(f"http://127.0.0.1:{running.port}") as caller:
+                caller.say(SPEECH)
+                await caller.wait_for_event("agent_turn_start", timeout_s=15)
+                await asyncio.sleep(0.8)
+                caller.say(SPEECH)  # talk over the agent
+                heard_cut[local] = await caller.wait_for_event("interrupted", timeout_s=5)
+        finally:
+            await running.stop()
+    assert heard_cut[True]["source"] == "local"
+    assert heard_cut[False]["source"] == "gemini"
