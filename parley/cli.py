@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ import sys
 from agent.tools import default_registry, load_tool_module
 from emulator import cli as emulator_cli
 from parley.settings import Settings
+from signaling.access import refuse_public_without_secret
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -21,11 +21,7 @@ def _serve(args: argparse.Namespace) -> None:
     settings.port = args.port if args.port is not None else settings.port
     if args.backend:
         settings.backend = args.backend
-    if settings.join_secret is None and not is_loopback(settings.host) and not args.allow_unauthenticated:
-        raise SystemExit(
-            f"refusing to listen on {settings.host} without PARLEY_JOIN_SECRET: anyone could start calls on "
-            "your Gemini budget. Set a join secret, or pass --allow-unauthenticated if that is what you want."
-        )
+    refuse_public_without_secret(settings.host, settings.join_secret, args.allow_unauthenticated)
     for module in args.tools or []:
         load_tool_module(module)
     if args.example_tools:
@@ -33,13 +29,6 @@ def _serve(args: argparse.Namespace) -> None:
     from parley.server import serve
 
     asyncio.run(serve(settings, default_registry))
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _token(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import secrets
@@ -177,3 +178,16 @@ def call_admission(secret: str | None, limiter: RateLimiter | None) -> Middlewar
         return await handler(request)
 
     return admission
+
+
+def refuse_public_without_secret(host: str, secret: str | None, allow_unauthenticated: bool) -> None:
+    """Exit unless the server is on loopback, has a join secret, or was told to go without one."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if secret is None and not loopback and not allow_unauthenticated:
+        raise SystemExit(
+            f"refusing to listen on {host} without PARLEY_JOIN_SECRET: anyone could start calls on your "
+            "Gemini budget. Set a join secret, or pass --allow-unauthenticated if that is what you want."
+        )

@@ -31,7 +31,7 @@ from agent.sdp import OfferError
 from agent.turn import ice_servers_with_turn
 from agent.worker import CallNotFound, WorkerBusy
 from parley.settings import Settings
-from signaling.access import call_admission, parse_rate
+from signaling.access import call_admission, parse_rate, refuse_public_without_secret
 from signaling.app import create_app
 from signaling.middleware import WorkerTimeout, fresh_page_config, remote_calls
 
@@ -438,6 +438,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback without PARLEY_JOIN_SECRET (anyone who reaches it can start calls)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -447,6 +452,7 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("parley signaling needs --redis URL (or PARLEY_REDIS_URL)")
     settings.host = args.host or settings.host
     settings.port = args.port if args.port is not None else settings.port
+    refuse_public_without_secret(settings.host, settings.join_secret, args.allow_unauthenticated)
     asyncio.run(serve_signaling(settings))
 
 

@@ -118,10 +118,13 @@ async def test_call_setups_are_rate_limited_per_client(emulator: GeminiEmulator)
         await running.stop()
 
 
-def test_serve_refuses_to_listen_publicly_without_a_secret() -> None:
+@pytest.mark.parametrize(
+    "command", [["serve"], ["signaling", "--redis", "redis://127.0.0.1:1/0"]], ids=["serve", "signaling"]
+)
+def test_servers_refuse_to_listen_publicly_without_a_secret(command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PARLEY_JOIN_SECRET"}
     result = subprocess.run(
-        [sys.executable, "-m", "parley.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "parley.cli", *command, "--host", "0.0.0.0", "--port", "0"],
         cwd=ROOT,
         env=env,
         capture_output=True,
