@@ -149,7 +149,7 @@ def test_parley_token_mints_what_the_server_accepts() -> None:
 
 
 async def test_no_secret_reaches_a_response_or_a_log_line(emulator: GeminiEmulator, tmp_path: Path) -> None:
-    gemini_key = "AIzaSECRET-gemini-key-for-tests-0000000000"
+    gemini_key = "sk-test-gemini-key-0000000000000000"
     turn_secret = "turn-secret-for-tests-1111111111"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI_", "GOOGLE_"))}
     env.update(

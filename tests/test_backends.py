@@ -23,7 +23,7 @@ from parley.caller import RATE, Caller, load_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = load_wav("tests/data/speech.wav")[: RATE * 9 // 10]
-SECRET = "AIzaTESTONLY-not-a-real-key-0123456789abcdef"
+SECRET = "test-only-gemini-key-0123456789abcdef"
 
 
 def free_port() -> int:

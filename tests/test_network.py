@@ -41,6 +41,8 @@ SHORT = SPEECH[: RATE * 9 // 10]  # "Hello Parley."
 def link() -> Iterator[Link]:
     reason = link_unavailable()
     if reason is not None:
+        # The one skip the issue allows: a kernel or sandbox that refuses network namespaces. The reason
+        # says which (no CAP_NET_ADMIN, no veth, neither netem nor NFQUEUE).
         pytest.skip(reason)
     with Link() as made:
         yield made

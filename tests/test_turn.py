@@ -77,7 +77,7 @@ def relay_port_range() -> tuple[int, int]:
 def coturn(tmp_path: Path) -> Iterator[Coturn]:
     binary = shutil.which("turnserver")
     if binary is None:
-        pytest.skip("coturn is not installed (Debian package `coturn`)")
+        pytest.fail("coturn is not installed: `make test` installs the Debian package `coturn`")
     port = free_udp_port()
     low, high = relay_port_range()
     secret = secrets.token_hex(16)
