@@ -60,12 +60,8 @@ async def calling(url: str) -> AsyncIterator[Caller]:
 
 @pytest.fixture
 async def call(server: Running, url: str) -> AsyncIterator[Caller]:
-    caller = Caller(url)
-    await caller.connect()
-    try:
+    async with calling(url) as caller:
         yield caller
-    finally:
-        await caller.hang_up()
 
 
 async def test_twenty_minute_call_through_many_goaways(
