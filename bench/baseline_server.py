@@ -28,8 +28,8 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
-from agent.ice import offer_host_addresses, rtc_configuration
-from agent.metrics import Metrics
+from parley.agent.ice import offer_host_addresses, rtc_configuration
+from parley.agent.metrics import Metrics
 
 RATE = 48000
 FRAME = 960

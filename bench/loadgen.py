@@ -27,10 +27,10 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from agent.ice import offer_host_addresses, rtc_configuration
-from agent.metrics import sample_loop_lag
-from agent.uplink import OpusUplink, tap_receiver
 from bench.testsignal import FRAME, RATE, TestSignal, make_signal
+from parley.agent.ice import offer_host_addresses, rtc_configuration
+from parley.agent.metrics import sample_loop_lag
+from parley.agent.uplink import OpusUplink, tap_receiver
 from tests.audio import best_alignment, snr_db
 
 TIME_BASE = fractions.Fraction(1, RATE)

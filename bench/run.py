@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.metrics import histogram_quantile, parse_histograms
+from parley.agent.metrics import histogram_quantile, parse_histograms
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

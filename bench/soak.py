@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.ice import offer_host_addresses
-from emulator.server import EmulatorOptions, GeminiEmulator
+from parley.agent.ice import offer_host_addresses
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import EmulatorOptions, GeminiEmulator
 from parley.server import Running, start
 from parley.settings import Settings
 

@@ -17,7 +17,7 @@ import numpy as np
 from aiortc import rtp
 from av import AudioFrame
 
-import agent.call
+import parley.agent.call
 from parley import cli
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     name = sys.argv[1]
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}: {', '.join(VARIANTS)}")
-    agent.call.MonoOpusEncoder = no_encoder  # type: ignore[misc,assignment]
+    parley.agent.call.MonoOpusEncoder = no_encoder  # type: ignore[misc,assignment]
     if name.endswith("numpy-level"):
         rtp.compute_audio_level_dbov = numpy_audio_level_dbov
     cli.main(sys.argv[2:])

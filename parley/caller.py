@@ -27,8 +27,8 @@ from aiortc import RTCDataChannel, RTCIceTransportPolicy, RTCPeerConnection, RTC
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from agent.ice import rtc_configuration
-from agent.uplink import OpusUplink, tap_receiver
+from parley.agent.ice import rtc_configuration
+from parley.agent.uplink import OpusUplink, tap_receiver
 
 RATE = 48000
 FRAME = RATE // 50

@@ -9,13 +9,16 @@ import logging
 import os
 import sys
 
-from agent.tools import default_registry, load_tool_module
-from emulator import cli as emulator_cli
+from parley import __version__
+from parley.emulator import cli as emulator_cli
 from parley.settings import Settings
-from signaling.access import refuse_public_without_secret
+from parley.system import libopus_missing
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from parley.agent.tools import default_registry, load_tool_module
+    from parley.signaling.access import refuse_public_without_secret
+
     settings = Settings.from_env()
     settings.host = args.host or settings.host
     settings.port = args.port if args.port is not None else settings.port
@@ -25,14 +28,14 @@ def _serve(args: argparse.Namespace) -> None:
     for module in args.tools or []:
         load_tool_module(module)
     if args.example_tools:
-        load_tool_module("agent.example_tools")
+        load_tool_module("parley.agent.example_tools")
     from parley.server import serve
 
     asyncio.run(serve(settings, default_registry))
 
 
 def _token(args: argparse.Namespace) -> None:
-    from signaling.access import mint_join_token
+    from parley.signaling.access import mint_join_token
 
     secret = os.environ.get("PARLEY_JOIN_SECRET")
     if not secret:
@@ -45,7 +48,7 @@ def _token(args: argparse.Namespace) -> None:
 
 
 def _call(args: argparse.Namespace) -> None:
-    from agent.ice import offer_host_addresses
+    from parley.agent.ice import offer_host_addresses
     from parley.caller import run_call
 
     offer_host_addresses(Settings.from_env().ice_host_addresses)
@@ -59,9 +62,44 @@ def _call(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _signaling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback without PARLEY_JOIN_SECRET (anyone who reaches it can start calls)",
+    )
+
+
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
+    parser.add_argument("--id", help="worker id (default PARLEY_WORKER_ID, else host-pid)")
+    parser.add_argument(
+        "--max-calls", type=int, default=None, help=f"calls to take (default {12})"
+    )
+    parser.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
+    parser.add_argument("--health-port", type=int, default=None, help="serve /healthz, /readyz, /metrics")
+    parser.add_argument("--tools", action="append", metavar="MODULE", help="import MODULE's @tool functions")
+
+
+def _signaling(args: argparse.Namespace) -> None:
+    from parley.signaling import dispatch
+
+    dispatch.run(args)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from parley.agent import fleet
+
+    fleet.run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Talk to Gemini Live over WebRTC.")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="signaling, the web page and an agent worker in one process")
@@ -107,17 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     call.add_argument("--token", default=os.environ.get("PARLEY_TOKEN"), help="join token (or PARLEY_TOKEN)")
     call.set_defaults(run=_call)
 
-    from agent import fleet
-    from signaling import dispatch
-
     signaling = commands.add_parser("signaling", help="the HTTP API in front of `parley worker`s, via Redis")
-    dispatch.add_arguments(signaling)
-    signaling.set_defaults(run=dispatch.run)
+    _signaling_arguments(signaling)
+    signaling.set_defaults(run=_signaling)
     worker = commands.add_parser("worker", help="a headless agent worker taking calls through Redis")
-    fleet.add_arguments(worker)
-    worker.set_defaults(run=fleet.run)
+    _worker_arguments(worker)
+    worker.set_defaults(run=_worker)
 
     args = parser.parse_args(argv)
+    missing = libopus_missing()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        raise SystemExit(2)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -19,23 +19,23 @@ from aiohttp import web
 from google import genai
 from google.genai import types
 
-from agent.call import CallOptions
-from agent.credentials import FreshCredentials
-from agent.gemini import SessionConfig
-from agent.ice import offer_host_addresses
-from agent.loopback import loopback_client
-from agent.metrics import Metrics
-from agent.tools import ToolRegistry
-from agent.worker import Worker
-from emulator.server import GeminiEmulator
+from parley.agent.call import CallOptions
+from parley.agent.credentials import FreshCredentials
+from parley.agent.gemini import SessionConfig
+from parley.agent.ice import offer_host_addresses
+from parley.agent.loopback import loopback_client
+from parley.agent.metrics import Metrics
+from parley.agent.tools import ToolRegistry
+from parley.agent.worker import Worker
+from parley.emulator.server import GeminiEmulator
 from parley.settings import GEMINI_ENV_KEYS, Settings
-from signaling.access import call_admission, parse_rate
-from signaling.app import add_metrics_route, create_app
-from signaling.middleware import use_turn
+from parley.signaling.access import call_admission, parse_rate
+from parley.signaling.app import add_metrics_route, create_app
+from parley.signaling.middleware import use_turn
 
 logger = logging.getLogger("parley")
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+WEB_ROOT = Path(__file__).resolve().parent / "web"
 
 
 def make_client(

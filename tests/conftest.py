@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from agent.ice import offer_host_addresses
-from emulator.server import EmulatorOptions, GeminiEmulator
+from parley.agent.ice import offer_host_addresses
+from parley.emulator.server import EmulatorOptions, GeminiEmulator
 from parley.server import Running, start
 from parley.settings import Settings
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from emulator.server import GeminiEmulator
 from parley.caller import Caller
+from parley.emulator.server import GeminiEmulator
 from parley.server import start
-from signaling.access import RateLimiter, TokenError, mint_join_token, verify_join_token
+from parley.signaling.access import RateLimiter, TokenError, mint_join_token, verify_join_token
 from tests.conftest import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent

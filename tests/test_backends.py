@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from emulator.server import GeminiEmulator
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = load_wav("tests/data/speech.wav")[: RATE * 9 // 10]

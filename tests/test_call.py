@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from emulator.server import GeminiEmulator
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from agent.downlink import FADE_SAMPLES, FRAME_SAMPLES, ModelAudio, PlayoutBuffer, PlayoutTrack
+from parley.agent.downlink import FADE_SAMPLES, FRAME_SAMPLES, ModelAudio, PlayoutBuffer, PlayoutTrack
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:

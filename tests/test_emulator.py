@@ -28,9 +28,9 @@ from google import genai
 from google.genai import errors, types
 from google.oauth2.credentials import Credentials
 
-from emulator import cli
-from emulator.protocol import decode_b64
-from emulator.server import EmulatorOptions, GeminiEmulator
+from parley.emulator import cli
+from parley.emulator.protocol import decode_b64
+from parley.emulator.server import EmulatorOptions, GeminiEmulator
 
 DATA = Path(__file__).resolve().parent / "data"
 MODEL = "gemini-3.8-live"

@@ -25,11 +25,11 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 
-from agent.ice import rtc_configuration
-from emulator.server import GeminiEmulator
+from parley.agent.ice import rtc_configuration
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 from parley.settings import Settings
-from signaling.dispatch import RunningSignaling, start_signaling
+from parley.signaling.dispatch import RunningSignaling, start_signaling
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

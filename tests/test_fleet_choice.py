@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.call import CallOptions
-from agent.fleet import FleetWorker
-from agent.worker import Worker
+from parley.agent.call import CallOptions
+from parley.agent.fleet import FleetWorker
+from parley.agent.worker import Worker
 from parley.settings import Settings
-from signaling.dispatch import RedisCallHost, WorkerView
+from parley.signaling.dispatch import RedisCallHost, WorkerView
 
 
 def view(worker_id: str, **fields: Any) -> WorkerView:

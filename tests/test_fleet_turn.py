@@ -10,11 +10,11 @@ import time
 
 import aiohttp
 
-from agent.turn import ice_server_source, turn_credentials
-from emulator.server import GeminiEmulator
+from parley.agent.turn import ice_server_source, turn_credentials
+from parley.emulator.server import GeminiEmulator
 from parley.server import start
 from parley.settings import Settings
-from signaling.dispatch import start_signaling
+from parley.signaling.dispatch import start_signaling
 from tests.conftest import make_settings
 
 SECRET = "north-wind-73"

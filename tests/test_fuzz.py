@@ -11,8 +11,8 @@ from aiortc import RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.ice import rtc_configuration
-from agent.sdp import OfferError, check_offer
+from parley.agent.ice import rtc_configuration
+from parley.agent.sdp import OfferError, check_offer
 from parley.caller import Caller
 from parley.server import Running
 

@@ -12,8 +12,8 @@ import re
 import av
 from aiortc.codecs.opus import OpusEncoder
 
-from emulator.server import GeminiEmulator
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running
 from tests.audio import best_alignment
 

@@ -9,9 +9,9 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import histogram_quantile, parse_histograms
-from emulator.server import GeminiEmulator
+from parley.agent.metrics import histogram_quantile, parse_histograms
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.call import Call
-from agent.ice import offer_host_addresses
-from emulator.server import GeminiEmulator
+from parley.agent.call import Call
+from parley.agent.ice import offer_host_addresses
 from parley.caller import RATE, load_wav, save_wav
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings

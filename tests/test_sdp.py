@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.sdp import OfferError, ask_for_inband_fec, check_offer
+from parley.agent.sdp import OfferError, ask_for_inband_fec, check_offer
 
 ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\n"

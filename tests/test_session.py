@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.tools import ToolRegistry
-from emulator.server import GeminiEmulator
+from parley.agent.tools import ToolRegistry
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings

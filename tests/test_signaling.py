@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 
-from agent.ice import rtc_configuration
+from parley.agent.ice import rtc_configuration
 from parley.caller import Caller
 from parley.server import Running
 

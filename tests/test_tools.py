@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agent.tools import ToolRegistry, default_registry, load_tool_module
+from parley.agent.tools import ToolRegistry, default_registry, load_tool_module
 
 
 def test_declarations_come_from_names_docstrings_and_annotations() -> None:
@@ -59,7 +59,7 @@ async def test_sync_and_async_tools_run_concurrently_with_timeouts_and_errors() 
 
 
 async def test_the_example_tool_is_offered_when_asked_for() -> None:
-    load_tool_module("agent.example_tools")
+    load_tool_module("parley.agent.example_tools")
     assert "current_time" in default_registry.names()
     answer = await default_registry.call("current_time", {}, timeout_s=2)
     assert answer["utc"].startswith("20")

@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.turn import turn_credentials
-from emulator.server import GeminiEmulator
+from parley.agent.turn import turn_credentials
 from parley.caller import RATE, Caller, load_wav
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings

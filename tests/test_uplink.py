@@ -8,7 +8,7 @@ import opuslib.api.ctl as ctl
 import opuslib.api.encoder as opus_encoder
 from aiortc.rtp import RtpPacket
 
-from agent.uplink import OpusUplink
+from parley.agent.uplink import OpusUplink
 from parley.caller import load_wav
 from tests.audio import snr_db
 

@@ -19,7 +19,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
-from emulator.server import GeminiEmulator
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.conftest import make_settings
 

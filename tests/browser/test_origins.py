@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from emulator.server import GeminiEmulator
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running
 from parley.settings import Settings
 from tests.browser.conftest import start_server

@@ -7,8 +7,8 @@ import re
 
 from playwright.async_api import Page, expect
 
-from emulator.server import GeminiEmulator
 from parley.caller import Caller
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running
 from tests.browser.conftest import SCREENSHOTS, Pages, client_state, cut_network, start_server
 from tests.waiting import wait_until

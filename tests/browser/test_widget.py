@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, expect
 
-from emulator.server import GeminiEmulator
+from parley.emulator.server import GeminiEmulator
 from parley.server import Running
 from tests.browser.conftest import SCREENSHOTS, Pages, start_server
 from tests.waiting import wait_until

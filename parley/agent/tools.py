@@ -1,6 +1,6 @@
 """Function tools the model may call: plain Python functions, sync or async, registered by decorator.
 
-    from agent.tools import tool
+    from parley.agent.tools import tool
 
     @tool
     def get_weather(city: str) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.tools import tool
+from parley.agent.tools import tool
 
 
 @tool

@@ -40,7 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from agent.call import Call
+    from parley.agent.call import Call
 
 # Media-path latencies: fine steps around the 20-40 ms that matter.
 LATENCY_BUCKETS = (

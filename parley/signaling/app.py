@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agent.sdp import OfferError
-from agent.worker import WorkerBusy
-from signaling.access import JOIN_CLAIMS
+from parley.agent.sdp import OfferError
+from parley.agent.worker import WorkerBusy
+from parley.signaling.access import JOIN_CLAIMS
 
 logger = logging.getLogger(__name__)
 

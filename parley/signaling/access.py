@@ -3,7 +3,7 @@
 Every call spends someone's Gemini budget, so a server reachable from the internet admits a call only
 with a short-lived token that the site's own backend mints with a shared secret:
 
-    from signaling.access import mint_join_token
+    from parley.signaling.access import mint_join_token
     token = mint_join_token(secret, ttl_s=300, max_seconds=600, uses=1, subject="user-42")
 
 The browser sends it as `Authorization: Bearer <token>` (or `?token=<token>`). A token is

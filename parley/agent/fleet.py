@@ -25,9 +25,9 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from agent.ice import rtc_configuration
-from agent.metrics import Metrics
-from agent.redis_wire import (
+from parley.agent.ice import rtc_configuration
+from parley.agent.metrics import Metrics
+from parley.agent.redis_wire import (
     CALL_KEY_TTL_S,
     MESSAGE_TTL_S,
     REDIS_ERRORS,
@@ -37,10 +37,10 @@ from agent.redis_wire import (
     decode,
     encode,
 )
-from agent.sdp import OfferError
-from agent.tools import ToolRegistry
-from agent.turn import ice_server_source
-from agent.worker import CallNotFound, Worker, WorkerBusy
+from parley.agent.sdp import OfferError
+from parley.agent.tools import ToolRegistry
+from parley.agent.turn import ice_server_source
+from parley.agent.worker import CallNotFound, Worker, WorkerBusy
 from parley.settings import Settings
 
 logger = logging.getLogger("parley.worker")
@@ -98,9 +98,9 @@ async def warm_up() -> float:
     """Do once what every call needs, so the first call starts fast: codecs, resampler, VAD, and a
     throwaway offer/answer (certificate, ICE gathering, SDP). Returns the seconds it took."""
     started = time.monotonic()
-    from agent.downlink import ModelAudio, PlayoutBuffer
-    from agent.uplink import OpusUplink
-    from agent.vad import SpeechDetector
+    from parley.agent.downlink import ModelAudio, PlayoutBuffer
+    from parley.agent.uplink import OpusUplink
+    from parley.agent.vad import SpeechDetector
 
     OpusUplink(lambda pcm, at: None)
     ModelAudio(PlayoutBuffer()).push(bytes(960), time.monotonic())
@@ -456,19 +456,8 @@ class FleetWorker:
 # --- the process --------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
-    parser.add_argument("--id", help="worker id (default PARLEY_WORKER_ID, else host-pid)")
-    parser.add_argument(
-        "--max-calls", type=int, default=None, help=f"calls to take (default {DEFAULT_WORKER_CALLS})"
-    )
-    parser.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
-    parser.add_argument("--health-port", type=int, default=None, help="serve /healthz, /readyz, /metrics")
-    parser.add_argument("--tools", action="append", metavar="MODULE", help="import MODULE's @tool functions")
-
-
 def run(args: argparse.Namespace) -> None:
-    from agent.tools import default_registry, load_tool_module
+    from parley.agent.tools import default_registry, load_tool_module
 
     settings = Settings.from_env()
     settings.redis_url = args.redis or settings.redis_url

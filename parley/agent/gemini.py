@@ -28,7 +28,7 @@ from google import genai
 from google.genai import errors, types
 from websockets.exceptions import ConnectionClosed
 
-from agent.tools import ToolRegistry
+from parley.agent.tools import ToolRegistry
 
 logger = logging.getLogger(__name__)
 

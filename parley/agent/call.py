@@ -23,14 +23,14 @@ from typing import Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google import genai
 
-from agent.downlink import PLAYOUT_RATE, ModelAudio, MonoOpusEncoder, PlayoutBuffer, PlayoutTrack
-from agent.gemini import SessionConfig, SessionEnded
-from agent.ice import rtc_configuration
-from agent.loopback import make_session
-from agent.metrics import CallProbe, Metrics
-from agent.sdp import OfferError, ask_for_inband_fec, check_offer
-from agent.uplink import OpusUplink, tap_receiver
-from agent.vad import FRAME_S, Speech, SpeechDetector
+from parley.agent.downlink import PLAYOUT_RATE, ModelAudio, MonoOpusEncoder, PlayoutBuffer, PlayoutTrack
+from parley.agent.gemini import SessionConfig, SessionEnded
+from parley.agent.ice import rtc_configuration
+from parley.agent.loopback import make_session
+from parley.agent.metrics import CallProbe, Metrics
+from parley.agent.sdp import OfferError, ask_for_inband_fec, check_offer
+from parley.agent.uplink import OpusUplink, tap_receiver
+from parley.agent.vad import FRAME_S, Speech, SpeechDetector
 
 logger = logging.getLogger(__name__)
 

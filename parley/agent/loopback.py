@@ -17,8 +17,8 @@ import av
 import numpy as np
 from google import genai
 
-from agent.downlink import PlayoutBuffer
-from agent.gemini import INPUT_BYTES_PER_SECOND, GeminiSession, SessionConfig, SessionListener
+from parley.agent.downlink import PlayoutBuffer
+from parley.agent.gemini import INPUT_BYTES_PER_SECOND, GeminiSession, SessionConfig, SessionListener
 
 MODEL_RATE = 24000  # what Gemini sends: the echo takes the same resampling path down
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from agent.turn import ice_server_source
-from agent.worker import CallNotFound, WorkerBusy
+from parley.agent.turn import ice_server_source
+from parley.agent.worker import CallNotFound, WorkerBusy
 
 if TYPE_CHECKING:
-    from agent.worker import Worker
+    from parley.agent.worker import Worker
     from parley.settings import Settings
 
 CALL_ROUTE = "/v1/calls/{call_id}"

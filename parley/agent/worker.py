@@ -14,9 +14,9 @@ from typing import Any
 
 from google import genai
 
-from agent.call import Call, CallOptions
-from agent.gemini import SessionConfig
-from agent.sdp import OfferError
+from parley.agent.call import Call, CallOptions
+from parley.agent.gemini import SessionConfig
+from parley.agent.sdp import OfferError
 
 logger = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.redis_wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
-from agent.sdp import OfferError
-from agent.turn import ice_servers_with_turn
-from agent.worker import CallNotFound, WorkerBusy
+from parley.agent.redis_wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
+from parley.agent.sdp import OfferError
+from parley.agent.turn import ice_servers_with_turn
+from parley.agent.worker import CallNotFound, WorkerBusy
 from parley.settings import Settings
-from signaling.access import call_admission, parse_rate, refuse_public_without_secret
-from signaling.app import create_app
-from signaling.middleware import WorkerTimeout, fresh_page_config, remote_calls
+from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
+from parley.signaling.app import create_app
+from parley.signaling.middleware import WorkerTimeout, fresh_page_config, remote_calls
 
 logger = logging.getLogger("parley.signaling")
 
@@ -432,17 +432,6 @@ def _safe_url(settings: Settings) -> str:
         scheme, _, rest = url.partition("://")
         return f"{scheme}://***@{rest.rpartition('@')[2]}"
     return url
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
-    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
-    parser.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        help="listen beyond loopback without PARLEY_JOIN_SECRET (anyone who reaches it can start calls)",
-    )
 
 
 def run(args: argparse.Namespace) -> None:
