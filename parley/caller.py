@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from parley.agent.ice import rtc_configuration
 from parley.agent.uplink import OpusUplink, tap_receiver
+from parley.camera import ColourCamera
 
 RATE = 48000
 FRAME = RATE // 50
@@ -177,8 +178,10 @@ class Caller:
         encoder: Any = None,
         ice_servers: list[dict[str, Any]] | None = None,
         relay_only: bool = False,
+        camera: ColourCamera | None = None,
     ) -> None:
-        """`encoder` replaces the Opus encoder (tests send garbage or floods with one)."""
+        """`encoder` replaces the Opus encoder (tests send garbage or floods with one); `camera`
+        adds a video track (a synthetic camera) beside the microphone."""
         self.server_url = server_url.rstrip("/") + "/"
         self._token = token
         configuration = rtc_configuration(ice_servers or [])
@@ -200,6 +203,7 @@ class Caller:
         self.channel: RTCDataChannel | None = None
         self.answer_sdp = ""
         self._session: aiohttp.ClientSession | None = None
+        self.camera = camera
 
     async def connect(self, timeout_s: float = 10.0, resume: str | None = None) -> None:
         """Call the server; with `resume`, rejoin that call on this new connection."""
@@ -208,6 +212,8 @@ class Caller:
         if self._fec or self._encoder is not None:
             # aiortc makes its encoder at the first frame; one put there first is used instead.
             sender._RTCRtpSender__encoder = self._encoder or FecOpusEncoder()  # type: ignore[attr-defined]
+        if self.camera is not None:
+            self.camera.sender = pc.addTrack(self.camera)
         channel = self.channel = pc.createDataChannel("events")
         channel.on("message", self._on_event)
         pc.on("connectionstatechange", self._on_state)

@@ -26,6 +26,7 @@ from parley.agent.ice import offer_host_addresses
 from parley.agent.loopback import loopback_client
 from parley.agent.metrics import Metrics
 from parley.agent.tools import ToolRegistry
+from parley.agent.video import VideoOptions
 from parley.agent.worker import Worker
 from parley.emulator.server import GeminiEmulator
 from parley.settings import GEMINI_ENV_KEYS, Settings
@@ -101,6 +102,7 @@ def session_config(settings: Settings, tools: ToolRegistry) -> SessionConfig:
         context_compression=settings.context_compression,
         tools=tools,
         tool_timeout_s=settings.tool_timeout_s,
+        media_resolution=settings.video_media_resolution,
     )
 
 
@@ -112,6 +114,12 @@ def call_options(settings: Settings) -> CallOptions:
         send_silence=settings.send_silence,
         rejoin_grace_s=settings.rejoin_grace_s,
         max_duration_s=settings.max_call_seconds,
+        video=VideoOptions(
+            fps=settings.video_fps,
+            idle_fps=settings.video_idle_fps,
+            max_side=settings.video_max_side,
+            media_resolution=settings.video_media_resolution,
+        ),
     )
 
 

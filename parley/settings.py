@@ -115,6 +115,11 @@ class Settings:
     turn_urls: list[str] = field(default_factory=list)
     turn_secret: str | None = field(default=None, repr=False)
     turn_ttl_s: float = 4 * 3600.0
+    # Video (camera or screen share): JPEG stills to Gemini, fewer when nobody speaks.
+    video_fps: float = 1.0
+    video_idle_fps: float = 0.5
+    video_max_side: int = 768
+    video_media_resolution: str | None = None  # LOW, MEDIUM, HIGH; None: the service's default
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -158,6 +163,15 @@ class Settings:
         s.turn_urls = _env_list("PARLEY_TURN_URLS") or []
         s.turn_secret = os.environ.get("PARLEY_TURN_SECRET") or None
         s.turn_ttl_s = _env_float("PARLEY_TURN_TTL", s.turn_ttl_s)
+        s.video_fps = _env_float("PARLEY_VIDEO_FPS", s.video_fps)
+        s.video_idle_fps = _env_float("PARLEY_VIDEO_IDLE_FPS", s.video_idle_fps)
+        s.video_max_side = int(_env_float("PARLEY_VIDEO_MAX_SIDE", s.video_max_side))
+        resolution = os.environ.get("PARLEY_VIDEO_MEDIA_RESOLUTION", "").strip().upper() or None
+        if resolution not in (None, "LOW", "MEDIUM", "HIGH"):
+            raise SystemExit(f"PARLEY_VIDEO_MEDIA_RESOLUTION must be LOW, MEDIUM or HIGH, got {resolution!r}")
+        s.video_media_resolution = resolution
+        if not (0 < s.video_fps <= 30 and 0 < s.video_idle_fps and 16 <= s.video_max_side <= 4096):
+            raise SystemExit("PARLEY_VIDEO_FPS/IDLE_FPS must be above 0 (FPS at most 30), MAX_SIDE 16..4096")
         return s
 
     def resolved_backend(self) -> str:

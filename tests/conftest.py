@@ -36,8 +36,14 @@ def make_settings(**overrides: object) -> Settings:
 
 
 @pytest.fixture
-async def server(emulator: GeminiEmulator) -> AsyncIterator[Running]:
-    running = await start(make_settings(), emulator=emulator)
+def server_settings() -> dict[str, object]:
+    """Settings the `server` fixture starts with; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+async def server(emulator: GeminiEmulator, server_settings: dict[str, object]) -> AsyncIterator[Running]:
+    running = await start(make_settings(**server_settings), emulator=emulator)
     try:
         yield running
     finally:

@@ -31,6 +31,7 @@ from parley.agent.metrics import CallProbe, Metrics
 from parley.agent.sdp import OfferError, ask_for_inband_fec, check_offer
 from parley.agent.uplink import OpusUplink, tap_receiver
 from parley.agent.vad import FRAME_S, Speech, SpeechDetector
+from parley.agent.video import VideoOptions, VideoPath
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class CallOptions:
     rejoin_grace_s: float = 20.0
     max_duration_s: float = 3600.0
     metrics: Metrics | None = None  # the process's Prometheus metrics (agent/metrics.py)
+    video: VideoOptions = field(default_factory=VideoOptions)
 
 
 class Call:
@@ -87,6 +89,7 @@ class Call:
         self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
         self.session = make_session(client, session_config, self)
         self.channel: RTCDataChannel | None = None
+        self.video: VideoPath | None = None  # made when an offer first carries video
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
         self.downlink_latency_s: deque[float] = deque(maxlen=1000)
@@ -160,6 +163,16 @@ class Call:
         tap_receiver(transceiver.receiver, self.uplink)
         for extra in audio[1:]:
             extra.direction = "inactive"
+        video = [t for t in pc.getTransceivers() if t.kind == "video"]
+        for extra in video[1:]:
+            extra.direction = "inactive"  # rejected m-lines (port 0): check_offer allows one live one
+        if video:
+            video[0].direction = "recvonly"
+            if self.video is None:
+                self.video = VideoPath(
+                    self.options.video, self.session.send_video, self.emit, name=f"video-{self.id[:8]}"
+                )
+            self.video.attach(video[0])
         await pc.setLocalDescription(await pc.createAnswer())
         return ask_for_inband_fec(pc.localDescription.sdp)
 
@@ -167,9 +180,13 @@ class Call:
 
     def _on_caller_pcm(self, pcm: bytes, arrived_at: float) -> None:
         self.vad.agent_speaking = self._turn_started or self.playout_buffer.queued > 0
+        if self.video is not None and (self.vad.speaking or self.vad.agent_speaking):
+            self.video.activity(True)  # someone speaks: video at the full rate
         for event in self.vad.feed(pcm):
             if event is Speech.STARTED:
                 self.emit("user_speech_start")
+                if self.video is not None:
+                    self.video.activity(True)
                 if self.options.local_bargein and self.vad.agent_speaking:
                     self._barge_in("local")
                 if not self._streaming:
@@ -327,6 +344,8 @@ class Call:
                 task.cancel()
         await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
         self.track.stop()
+        if self.video is not None:
+            await self.video.close()
         with contextlib.suppress(Exception):
             await self.pc.close()
         self.state = "ended"
@@ -357,6 +376,9 @@ class Call:
                 "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),
             },
             "downlink": {"frames": self.track.frames_sent, "silent_frames": self.track.silent_frames},
+            "video": None
+            if self.video is None
+            else {**self.video.summary(), "tokens_reported": stats.video_tokens_reported},
             "latency_ms": {
                 "uplink": percentiles(self.session.uplink_latency_s),
                 "downlink": percentiles(self.downlink_latency_s),

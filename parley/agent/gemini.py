@@ -33,6 +33,7 @@ from parley.agent.tools import ToolRegistry
 logger = logging.getLogger(__name__)
 
 INPUT_MIME = "audio/pcm;rate=16000"
+VIDEO_MIME = "image/jpeg"
 INPUT_BYTES_PER_SECOND = 16000 * 2
 STABLE_CONNECTION_S = 10.0
 
@@ -59,6 +60,7 @@ class SessionConfig:
     # On goAway, wait for a turn boundary only while at least this much of the connection is left.
     goaway_margin_s: float = 5.0
     context_compression: bool = True
+    media_resolution: str | None = None  # LOW, MEDIUM or HIGH: tokens per video frame; None: the default
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     tool_timeout_s: float = 10.0
 
@@ -76,6 +78,9 @@ class SessionStats:
     response_tokens: int = 0
     total_tokens: int = 0
     tool_calls: int = 0
+    video_frames_sent: int = 0
+    video_bytes_sent: int = 0
+    video_tokens_reported: int = 0  # VIDEO/IMAGE prompt tokens in the service's usageMetadata
 
 
 class SessionEnded(Exception):
@@ -121,6 +126,8 @@ class GeminiSession:
         self._since_handle: deque[bytes] = deque()
         self._since_handle_bytes = 0
         self._wake = asyncio.Event()
+        self._video: bytes | None = None  # the newest JPEG not yet sent: a slot, never a queue
+        self._latest_video: bytes | None = None  # what a new connection is shown at once
         self._handle: str | None = None
         self._transcript: list[tuple[str, str]] = []
         self._closed = False
@@ -142,6 +149,11 @@ class GeminiSession:
             self._outbox_bytes += len(chunk)
             self._partial_arrived_at = arrived_at
         self._trim()
+        self._wake.set()
+
+    def send_video(self, jpeg: bytes) -> None:
+        """Show Gemini a JPEG still. Only the newest waits; it goes when no audio is waiting."""
+        self._video = self._latest_video = jpeg
         self._wake.set()
 
     def end_audio_stream(self) -> None:
@@ -251,6 +263,10 @@ class GeminiSession:
         )
         if cfg.system_instruction:
             config.system_instruction = types.Content(parts=[types.Part(text=cfg.system_instruction)])
+        if cfg.media_resolution:
+            config.media_resolution = types.MediaResolution(
+                f"MEDIA_RESOLUTION_{cfg.media_resolution.upper()}"
+            )
         if cfg.context_compression:
             config.context_window_compression = types.ContextWindowCompressionConfig(
                 sliding_window=types.SlidingWindow()
@@ -283,6 +299,8 @@ class GeminiSession:
             self._outbox_bytes += self._since_handle_bytes
             self._since_handle.clear()
             self._since_handle_bytes = 0
+        # The new connection has not seen the picture: show it the newest frame with the first audio.
+        self._video = self._latest_video
         self.connected = True
         self._listener.on_session_event(
             "connected", {"resumed": resuming, "connection": self.stats.connections}
@@ -328,6 +346,13 @@ class GeminiSession:
     async def _send_loop(self, conn: _Connection) -> None:
         while not self._closed:
             if not self._outbox:
+                if self._video is not None:
+                    # Audio goes first: a frame is sent only when no audio chunk is waiting.
+                    jpeg, self._video = self._video, None
+                    await conn.live.send_realtime_input(video=types.Blob(data=jpeg, mime_type=VIDEO_MIME))
+                    self.stats.video_frames_sent += 1
+                    self.stats.video_bytes_sent += len(jpeg)
+                    continue
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -408,6 +433,9 @@ class GeminiSession:
             self.stats.prompt_tokens += usage.prompt_token_count or 0
             self.stats.response_tokens += usage.response_token_count or 0
             self.stats.total_tokens += usage.total_token_count or 0
+            for detail in usage.prompt_tokens_details or []:
+                if detail.modality in (types.MediaModality.VIDEO, types.MediaModality.IMAGE):
+                    self.stats.video_tokens_reported += detail.token_count or 0
 
     def _record(self, role: str, text: str, finished: bool) -> None:
         if self._transcript and self._transcript[-1][0] == role:

@@ -16,8 +16,12 @@ class OfferError(ValueError):
         self.message = message
 
 
+VIDEO_CODECS = ("video/vp8", "video/h264")
+
+
 def check_offer(sdp: str) -> None:
-    """Raise OfferError unless `sdp` is an offer with an audio section that can carry Opus."""
+    """Raise OfferError unless `sdp` is an offer with an audio section that can carry Opus, and at
+    most one video section (camera or screen, VP8 or H.264) beside it."""
     if not sdp.lstrip().startswith("v=0"):
         raise OfferError(400, "malformed SDP: an offer starts with 'v=0'")
     if not re.search(r"^o=", sdp, re.MULTILINE) or not re.search(r"^m=", sdp, re.MULTILINE):
@@ -27,15 +31,25 @@ def check_offer(sdp: str) -> None:
     except Exception as exc:
         raise OfferError(400, f"malformed SDP: {type(exc).__name__}") from None
     audio = [m for m in description.media if m.kind == "audio"]
+    video = [m for m in description.media if m.kind == "video" and m.port != 0]
     if not audio:
+        if video:
+            raise OfferError(422, "the offer has video but no audio m-line: video comes only with audio")
         raise OfferError(422, "the offer has no audio m-line")
+    if len(video) > 1:
+        raise OfferError(
+            422,
+            f"the offer has {len(video)} video m-lines: send one, camera or screen (switch by replaceTrack)",
+        )
+    if video and not any(c.mimeType.lower() in VIDEO_CODECS for c in video[0].rtp.codecs):
+        raise OfferError(422, "the offer's video offers neither VP8 nor H.264")
     if not any(codec.mimeType.lower() == "audio/opus" for m in audio for codec in m.rtp.codecs):
         raise OfferError(422, "the offer's audio does not include Opus")
-    for media in audio:
+    for media in audio + video:
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
-            raise OfferError(400, "malformed SDP: the audio section has no ICE credentials")
+            raise OfferError(400, f"malformed SDP: the {media.kind} section has no ICE credentials")
         if media.dtls is None or not media.dtls.fingerprints:
-            raise OfferError(400, "malformed SDP: the audio section has no DTLS fingerprint")
+            raise OfferError(400, f"malformed SDP: the {media.kind} section has no DTLS fingerprint")
 
 
 def ask_for_inband_fec(sdp: str) -> str:

@@ -188,7 +188,7 @@ class RealtimeInput:
     """One `realtimeInput` message, decoded."""
 
     audio: list[AudioIn] = field(default_factory=list)
-    video_frames: int = 0
+    images: list[bytes] = field(default_factory=list)  # video frames (JPEG stills), unchecked
     text: str | None = None
     activity_start: bool = False
     activity_end: bool = False
@@ -201,7 +201,9 @@ def _parse_blob(blob: Any, where: str, out: RealtimeInput) -> None:
     mime = pick(blob, "mime_type", "")
     data = decode_b64(pick(blob, "data", ""), f"{where}.data")
     if isinstance(mime, str) and mime.lower().startswith(("image/", "video/")):
-        out.video_frames += 1
+        if mime.lower().split(";")[0].strip() not in ("image/jpeg", "image/jpg"):
+            raise ProtocolError(CLOSE_INVALID_ARGUMENT, f"Unsupported mime type {mime!r} at '{where}'")
+        out.images.append(data)
         return
     out.audio.append(AudioIn(pcm=data, rate=parse_pcm_rate(mime, f"{where}.mime_type")))
 
@@ -224,8 +226,9 @@ def parse_realtime_input(body: Mapping[str, Any]) -> RealtimeInput:
     audio = pick(body, "audio")
     if audio is not None:
         _parse_blob(audio, "realtime_input.audio", out)
-    if pick(body, "video") is not None:
-        out.video_frames += 1
+    video = pick(body, "video")
+    if video is not None:
+        _parse_blob(video, "realtime_input.video", out)
     text = pick(body, "text")
     if text is not None:
         if not isinstance(text, str):

@@ -46,6 +46,7 @@ from .routes import Route
 from .state import ConnectionRecord, HistoryEntry, SessionState, SessionStore, audio_tokens, text_tokens
 from .turns import SpeechEnded, SpeechStarted, TurnDetector, TurnEvent
 from .vad import config_for
+from .vision import BadImage, SeenImage, inspect_jpeg, tokens_per_frame
 
 log = logging.getLogger("emulator.session")
 
@@ -97,6 +98,7 @@ class SessionConfig:
     compression_target: int = 0
     explicit_vad_signal: bool = False
     function_names: list[str] = field(default_factory=list)
+    tokens_per_frame: int = 256  # by generationConfig.mediaResolution
 
 
 def _int(value: Any, where: str) -> int:
@@ -147,6 +149,7 @@ class LiveSession:
         self._pending_text: list[str] = []
         self._clock_task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[Any] | None = None  # the task sending our close frame
+        self._last_seen: SeenImage | None = None  # the newest video frame, for the reply to describe
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -312,6 +315,7 @@ class LiveSession:
             pick(setup, "explicit_vad_signal", False)
         )
         cfg.function_names = _function_names(pick(setup, "tools"))
+        cfg.tokens_per_frame = tokens_per_frame(pick_path(setup, "generation_config", "media_resolution"))
 
     # ------------------------------------------------------------------ reading
 
@@ -354,6 +358,8 @@ class LiveSession:
             if chunk.rate != INPUT_RATE:
                 pcm = array_to_pcm(resample(pcm_to_array(pcm), chunk.rate, INPUT_RATE))
             events += detector.feed(pcm)
+        for i, image in enumerate(ri.images):
+            self._see(image, i)
         if ri.activity_end:
             events += detector.activity_end()
         if ri.audio_stream_end:
@@ -363,6 +369,24 @@ class LiveSession:
         if ri.text is not None:
             await self._user_activity()
             self._commit(UserTurn(pcm=None, text=ri.text))
+
+    def _see(self, jpeg: bytes, index: int) -> None:
+        """A video frame: check it decodes, count its tokens into the context, remember what it shows."""
+        try:
+            seen = inspect_jpeg(jpeg, time.time())
+        except BadImage as exc:
+            raise ProtocolError(
+                CLOSE_INVALID_ARGUMENT, f"Invalid image at 'realtime_input.video': {exc}"
+            ) from None
+        self.record.images.append(seen)
+        self._last_seen = seen
+        tokens = self.config.tokens_per_frame
+        history = self.state.history
+        if history and history[-1].modality == "VIDEO":  # consecutive frames: one entry
+            history[-1].tokens += tokens
+        else:
+            history.append(HistoryEntry("user", "[video]", tokens, "VIDEO"))
+        self._check_context()
 
     async def _on_turn_event(self, event: TurnEvent) -> None:
         if isinstance(event, SpeechStarted):
@@ -471,6 +495,8 @@ class LiveSession:
             text = f"[echo] {turn.text or ''}".rstrip()
         else:
             text = f"[echo of user speech {progress.sent_samples / OUTPUT_RATE:.1f} s]"
+        if self._last_seen is not None:
+            text += f" {self._last_seen.describe()}"
         for result in tool_results or []:
             payload = json.dumps(pick(result, "response"), sort_keys=True, separators=(",", ":"))
             text += f" [tool {pick(result, 'name')} returned {payload}]"

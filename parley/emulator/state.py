@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .vision import SeenImage
+
 
 @dataclass
 class HistoryEntry:
@@ -91,6 +93,7 @@ class ConnectionRecord:
     turns_answered: int = 0  # replies that reached turnComplete without interruption
     interruptions: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    images: list[SeenImage] = field(default_factory=list)  # every video frame, checked and described
     tool_responses: list[dict[str, Any]] = field(default_factory=list)
     handles_issued: list[str] = field(default_factory=list)
     go_aways: int = 0

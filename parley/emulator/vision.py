@@ -28,7 +28,7 @@ class SeenImage:
     colour: str
     share: float  # of the sampled pixels that have that colour
     size_bytes: int
-    at: float  # monotonic time it was received
+    at: float  # when it was received (the caller says which clock)
 
     def describe(self) -> str:
         return f"I see a {self.width}x{self.height} mostly {self.colour} image"
