@@ -15,6 +15,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from parley.agent.ice import rtc_configuration
+from parley.agent.metrics import parse_histograms
 from parley.caller import RATE, Caller, load_wav
 from parley.camera import ColourCamera
 from parley.emulator.server import GeminiEmulator
@@ -74,8 +75,13 @@ async def test_the_model_sees_the_camera_at_the_set_rate(url: str, emulator: Gem
         await wait_until(lambda: len(images) > paused, 10, "frames after the camera came back")
         assert images[paused].colour == "green" and images[paused].at - resumed < 1.0
         state = await caller.call_state()
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+            metrics = parse_histograms(await response.text())
     finally:
         await caller.hang_up()
+    assert metrics["parley_video_frames_total"] >= len(images) - 1
+    assert metrics["parley_video_input_tokens_total"] == 256 * metrics["parley_video_frames_total"]
+    assert metrics["parley_video_seconds_total"] > 3
     video = state["video"]
     assert video["frames_sent"] >= len(images) - 1
     assert video["input_tokens"] == 256 * video["frames_sent"]

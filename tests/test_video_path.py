@@ -107,6 +107,25 @@ async def test_pause_sends_nothing_and_no_stale_frame_on_resume(link: Link) -> N
     assert [e["state"] for e in link.events][-2:] == ["paused", "active"]
 
 
+@pytest.mark.parametrize(
+    "link", [({"fps": 10.0}, {"fps": 4.0, "idle_fps": 1.0, "idle_after_s": 0.5})], indirect=True
+)
+async def test_fewer_frames_while_nobody_speaks(link: Link) -> None:
+    async def rate_over(seconds: float, speaking: bool) -> float:
+        start, count = time.monotonic(), len(link.seen)
+        while time.monotonic() - start < seconds:
+            if speaking:
+                link.path.activity(True)  # the call does this for every 20 ms of speech
+            await asyncio.sleep(0.02)
+        return (len(link.seen) - count) / (time.monotonic() - start)
+
+    await wait_until(lambda: len(link.seen) >= 1, 20, "the first frame")
+    idle = await rate_over(4.0, speaking=False)
+    speaking = await rate_over(3.0, speaking=True)
+    assert 0.5 <= idle <= 1.3, idle
+    assert 3.0 <= speaking <= 4.4, speaking
+
+
 @pytest.mark.parametrize("link", [FAST], indirect=True)
 async def test_black_frames_are_a_muted_camera(link: Link) -> None:
     await wait_until(lambda: len(link.seen) >= 1, 20, "the first frame")

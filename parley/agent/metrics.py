@@ -201,6 +201,7 @@ class CallProbe:
             "response": s.response_tokens,
             "total": s.total_tokens,
             "audio_s": s.audio_bytes_sent / 32000,
+            **video_counts(call),
         }
 
 
@@ -252,6 +253,37 @@ class _CallTotals(Collector):
         yield CounterMetricFamily(
             "parley_gemini_audio_sent_seconds", "caller audio sent to Gemini", get("audio_s")
         )
+        yield CounterMetricFamily(
+            "parley_video_frames", "video frames (JPEG) sent to Gemini", get("video_frames")
+        )
+        yield CounterMetricFamily(
+            "parley_video_seconds", "call time with fresh video going to Gemini", get("video_s")
+        )
+        yield CounterMetricFamily(
+            "parley_video_input_tokens",
+            "input tokens the video frames sent cost (frames x tokens per frame at the media resolution)",
+            get("video_tokens"),
+        )
+        yield CounterMetricFamily("parley_video_jpeg_bytes", "JPEG bytes sent to Gemini", get("video_bytes"))
+        yield CounterMetricFamily(
+            "parley_video_frames_dropped",
+            "caller video frames not decoded (budget, gaps, busy)",
+            get("video_dropped"),
+        )
+
+
+def video_counts(call: Call) -> dict[str, float]:
+    video = call.video
+    if video is None:
+        return {}
+    s = video.stats
+    return {
+        "video_frames": s.frames_sent,
+        "video_s": s.seconds,
+        "video_tokens": s.frames_sent * video.options.tokens_per_frame,
+        "video_bytes": s.jpeg_bytes_sent,
+        "video_dropped": sum(s.dropped.values()),
+    }
 
 
 async def sample_loop_lag(observe: Callable[[float], None], interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
