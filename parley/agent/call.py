@@ -97,6 +97,9 @@ class Call:
         self.turns = 0
         self.rejoins = 0
         self.reconnecting_since: float | None = None
+        # Where the no-media clock starts while the current connection has sent nothing yet: a rejoin
+        # restarts it, or a call older than the timeout would end before its new connection's first packet.
+        self.connected_since = self.created_at
         self._turn_started = False
         self._turn_interrupted = False
         self.vad = SpeechDetector()
@@ -141,6 +144,7 @@ class Call:
             raise
         self.rejoins += 1
         self.reconnecting_since = None
+        self.connected_since = time.monotonic()
         self.state = "connecting"
         old[2].stop()
         with contextlib.suppress(Exception):
@@ -306,7 +310,7 @@ class Call:
                     self.close("connection_failed")
                     return
                 continue
-            last = self.uplink.stats.last_packet_at or self.created_at
+            last = self.uplink.stats.last_packet_at or self.connected_since
             if now - last > self.options.no_media_timeout_s:
                 self.close("no_media")
                 return
