@@ -1,4 +1,4 @@
-"""The wheel a user installs works on its own: page and widget inside it, `python -m parley`, a clear libopus error.
+"""The installed wheel works on its own: the page and widget inside it, `python -m parley`, libopus errors.
 
 One wheel is built (`pip wheel --no-deps`, as `pip install .` would) from a copy of the source, installed
 into a scratch venv, and run from a directory with no `web/` in it. The scratch venv takes its
