@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> None:
         load_tool_module(module)
     if args.example_tools:
         load_tool_module("parley.agent.example_tools")
-    from parley.server import serve
+    from parley.processes import serve
 
     asyncio.run(serve(settings, default_registry))
 
@@ -76,24 +76,22 @@ def _signaling_arguments(parser: argparse.ArgumentParser) -> None:
 def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
     parser.add_argument("--id", help="worker id (default PARLEY_WORKER_ID, else host-pid)")
-    parser.add_argument(
-        "--max-calls", type=int, default=None, help=f"calls to take (default {12})"
-    )
+    parser.add_argument("--max-calls", type=int, default=None, help=f"calls to take (default {12})")
     parser.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
     parser.add_argument("--health-port", type=int, default=None, help="serve /healthz, /readyz, /metrics")
     parser.add_argument("--tools", action="append", metavar="MODULE", help="import MODULE's @tool functions")
 
 
 def _signaling(args: argparse.Namespace) -> None:
-    from parley.signaling import dispatch
+    from parley.processes import run_signaling_command
 
-    dispatch.run(args)
+    run_signaling_command(args)
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from parley.agent import fleet
+    from parley.processes import run_worker_command
 
-    fleet.run(args)
+    run_worker_command(args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,10 +7,8 @@ is pointed at it, so the whole pipeline can be tried offline (you hear your own 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,11 @@ from parley.signaling.middleware import use_turn
 logger = logging.getLogger("parley")
 
 WEB_ROOT = Path(__file__).resolve().parent / "web"
+
+
+def web_root(settings: Settings) -> Path:
+    """The page, the widget and their modules: inside the package, unless PARLEY_WEB_ROOT says otherwise."""
+    return Path(settings.web_root) if settings.web_root else WEB_ROOT
 
 
 def make_client(
@@ -207,10 +210,9 @@ async def start(
         "emulator": emulator is not None,
         "model": settings.model,
     }
-    web_root = Path(settings.web_root) if settings.web_root else WEB_ROOT
     app = create_app(
         worker,
-        web_root,
+        web_root(settings),
         page_config,
         allowed_origins=settings.allowed_origins,
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
@@ -239,17 +241,3 @@ async def start(
         settings.model,
     )
     return Running(runner, worker, agent.emulator, port, agent.background, metrics)
-
-
-async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
-    running = await start(settings, tools)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        logger.warning("shutting down: ending %d calls", len(running.worker.calls))
-        await running.stop()

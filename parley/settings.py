@@ -99,7 +99,7 @@ class Settings:
     # empty: this server's own origin only.
     allowed_origins: list[str] = field(default_factory=list)
     web_root: str | None = None
-    # Scale-out (`parley signaling` / `parley worker`): see agent/fleet.py and signaling/dispatch.py.
+    # Scale-out (`parley signaling` / `parley worker`): see parley/fleet/ and parley/processes.py.
     redis_url: str | None = None
     redis_prefix: str = "parley"
     heartbeat_s: float = 0.5  # how often a worker reports its load

@@ -28,8 +28,8 @@ from aiortc import RTCPeerConnection
 from parley.agent.ice import rtc_configuration
 from parley.caller import RATE, Caller, load_wav
 from parley.emulator.server import GeminiEmulator
+from parley.processes import RunningSignaling, start_signaling
 from parley.settings import Settings
-from parley.signaling.dispatch import RunningSignaling, start_signaling
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

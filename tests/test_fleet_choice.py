@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from parley.agent.call import CallOptions
-from parley.agent.fleet import FleetWorker
 from parley.agent.worker import Worker
-from parley.settings import Settings
-from parley.signaling.dispatch import RedisCallHost, WorkerView
+from parley.fleet.host import RedisCallHost, WorkerView
+from parley.fleet.options import FleetOptions
+from parley.fleet.rpc_server import FleetWorker
 
 
 def view(worker_id: str, **fields: Any) -> WorkerView:
@@ -26,7 +26,7 @@ def view(worker_id: str, **fields: Any) -> WorkerView:
 
 
 def test_the_least_filled_worker_that_takes_calls_comes_first() -> None:
-    host = RedisCallHost(Settings(redis_url="redis://127.0.0.1:1/0"))
+    host = RedisCallHost(FleetOptions(redis_url="redis://127.0.0.1:1/0"))
     host.workers = {
         "busy": view("busy", active=8),
         "big": view("big", capacity=40, active=8),  # 20% full beats 40% full
@@ -62,9 +62,9 @@ def test_a_reply_newer_than_the_heartbeat_wins_and_a_restart_starts_over() -> No
 
 
 def test_a_worker_over_its_limits_takes_no_calls() -> None:
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", worker_max_lag_ms=100, worker_max_cpu=0.9)
+    options = FleetOptions(redis_url="redis://127.0.0.1:1/0", worker_max_lag_ms=100, worker_max_cpu=0.9)
     worker = Worker(None, None, CallOptions(), max_calls=4)  # type: ignore[arg-type]
-    fleet = FleetWorker(worker, settings, "w")
+    fleet = FleetWorker(worker, options, "w")
     assert fleet.over_limits() is None and fleet.load_ratio() == 0
     fleet.monitor.lag_ms = 150
     assert "lag" in (fleet.over_limits() or "")

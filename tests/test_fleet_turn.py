@@ -12,9 +12,9 @@ import aiohttp
 
 from parley.agent.turn import ice_server_source, turn_credentials
 from parley.emulator.server import GeminiEmulator
+from parley.processes import start_signaling
 from parley.server import start
 from parley.settings import Settings
-from parley.signaling.dispatch import start_signaling
 from tests.conftest import make_settings
 
 SECRET = "north-wind-73"

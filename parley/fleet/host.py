@@ -1,9 +1,8 @@
-"""`parley signaling`: the HTTP API in front of a fleet of `parley worker` processes, through Redis.
+"""Signaling's side of the wire: `RedisCallHost`, the fleet of `parley worker`s as one `CallHost`.
 
-`RedisCallHost` is the `CallHost` the HTTP API talks to. It keeps a view of the registry (refreshed
-every heartbeat), sends each offer to the least-loaded live worker that takes calls (the next one if
-that worker refuses), and reaches the worker holding a call for its state or to hang it up. The wire
-is described in agent/redis_wire.py.
+It keeps a view of the registry (refreshed every heartbeat), sends each offer to the least-loaded live
+worker that takes calls (the next one if that worker refuses), and reaches the worker holding a call for
+its state or to hang it up. The wire is described in parley/fleet/wire.py.
 
 A worker whose registry entry expired (no heartbeat for PARLEY_WORKER_TTL) is lost: `GET` on one of
 its calls answers `{"state": "ended", "end_reason": "worker_lost"}` for five minutes, then 404.
@@ -11,33 +10,26 @@ its calls answers `{"state": "ended", "end_reason": "worker_lost"}` for five min
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from prometheus_client import generate_latest
 
-from parley.agent.redis_wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
 from parley.agent.sdp import OfferError
-from parley.agent.turn import ice_servers_with_turn
 from parley.agent.worker import CallNotFound, WorkerBusy
-from parley.settings import Settings
-from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
-from parley.signaling.app import create_app
-from parley.signaling.middleware import WorkerTimeout, fresh_page_config, remote_calls
+from parley.fleet.gauges import Gauges, gauge_registry
+from parley.fleet.options import FleetOptions
+from parley.fleet.wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
+from parley.signaling.middleware import WorkerTimeout
 
 logger = logging.getLogger("parley.signaling")
-
-WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 @dataclass
@@ -119,13 +111,14 @@ class WorkerView:
 class RedisCallHost:
     """The fleet as one `CallHost`; `start()` before use, `close()` after."""
 
-    def __init__(self, settings: Settings) -> None:
-        if not settings.redis_url:
+    def __init__(self, options: FleetOptions) -> None:
+        if not options.redis_url:
             raise ValueError("a Redis URL is needed")
-        self.settings = settings
-        self.keys = Keys(settings.redis_prefix)
+        self.options = options
+        self.keys = Keys(options.redis_prefix)
         # Replies are awaited with blocking pops, so the socket timeout must outlast the longest one.
-        self.redis = connect(settings.redis_url, command_timeout_s=settings.dispatch_timeout_s + 5)
+        self.redis = connect(options.redis_url, command_timeout_s=options.dispatch_timeout_s + 5)
+        self._gauges = gauge_registry(self.gauges)
         self.workers: dict[str, WorkerView] = {}
         self.lost: deque[dict[str, Any]] = deque(maxlen=20)
         self.redis_ok = False
@@ -135,7 +128,7 @@ class RedisCallHost:
     @property
     def rpc_timeout_s(self) -> float:
         """For a call's state or hang-up: a live worker answers in milliseconds."""
-        return min(self.settings.dispatch_timeout_s, 3.0)
+        return min(self.options.dispatch_timeout_s, 3.0)
 
     async def start(self) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
@@ -163,7 +156,7 @@ class RedisCallHost:
                 await backoff.wait()
                 continue
             backoff.reset()
-            await asyncio.sleep(self.settings.heartbeat_s)
+            await asyncio.sleep(self.options.heartbeat_s)
 
     async def refresh(self) -> None:
         ids = sorted(str(i) for i in await self.redis.smembers(self.keys.workers))
@@ -193,7 +186,7 @@ class RedisCallHost:
             how = "left" if view.state != "ready" else "lost"
             self.lost.append({"id": worker_id, "how": how, "at": round(time.time(), 3)})
             if how == "lost":
-                ttl = self.settings.worker_ttl_s
+                ttl = self.options.worker_ttl_s
                 logger.warning("worker %s lost: no heartbeat for %.1f s", worker_id, ttl)
             else:
                 logger.warning("worker %s left", worker_id)
@@ -231,7 +224,7 @@ class RedisCallHost:
             if not self.redis_ok:
                 raise WorkerBusy("the call registry (Redis) is unavailable", retry_after_s=2)
             raise WorkerBusy("no worker can take a call now" if self.workers else "no workers are running")
-        deadline = time.monotonic() + self.settings.dispatch_timeout_s
+        deadline = time.monotonic() + self.options.dispatch_timeout_s
         for index, view in enumerate(candidates):
             if not view.takes_calls():  # filled up by a concurrent request meanwhile
                 continue
@@ -335,123 +328,20 @@ class RedisCallHost:
             "workers_gone": list(self.lost),
         }
 
-    def metrics(self) -> str:
+    def gauges(self) -> Gauges:
         stats = self.stats()
         capacity = stats["capacity"]
-        gauges = {
-            "parley_fleet_workers": len(self.workers),
-            "parley_fleet_workers_accepting": stats["workers_accepting"],
-            "parley_fleet_active_calls": stats["active_calls"],
-            "parley_fleet_capacity": capacity,
-            "parley_fleet_load": round(stats["active_calls"] / capacity, 3) if capacity else 1.0,
-            "parley_fleet_redis_up": int(self.redis_ok),
+        return {
+            "parley_fleet_workers": (len(self.workers), "workers registered"),
+            "parley_fleet_workers_accepting": (stats["workers_accepting"], "workers taking calls"),
+            "parley_fleet_active_calls": (stats["active_calls"], "calls held by the workers"),
+            "parley_fleet_capacity": (capacity, "calls the workers take in all"),
+            "parley_fleet_load": (
+                round(stats["active_calls"] / capacity, 3) if capacity else 1.0,
+                "active calls / capacity",
+            ),
+            "parley_fleet_redis_up": (int(self.redis_ok), "1 while Redis answers"),
         }
-        lines = []
-        for name, value in gauges.items():
-            lines += [f"# TYPE {name} gauge", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
 
-
-# --- the process --------------------------------------------------------------------------------
-
-
-def page_config_source(settings: Settings, host: RedisCallHost) -> Any:
-    def make() -> dict[str, Any]:
-        ice = ice_servers_with_turn(
-            settings.ice_servers,
-            settings.turn_urls,
-            settings.turn_secret,
-            settings.turn_ttl_s,
-            f"web-{uuid.uuid4().hex[:8]}",
-        )
-        emulator = any(w.backend == "emulator" for w in host.workers.values())
-        return {"iceServers": ice, "emulator": emulator, "model": settings.model}
-
-    return make
-
-
-def create_fleet_app(settings: Settings, host: RedisCallHost) -> web.Application:
-    make_config = page_config_source(settings, host)
-    web_root = Path(settings.web_root) if settings.web_root else WEB_ROOT
-    # The same front door as `parley serve`: allowed origins, join tokens and the rate limit. (Token
-    # `uses` are counted by each signaling process.)
-    app = create_app(
-        host,
-        web_root,
-        make_config(),
-        allowed_origins=settings.allowed_origins,
-        admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
-    )
-    app.middlewares.append(fresh_page_config(make_config))
-    app.middlewares.append(remote_calls(host))
-
-    async def readyz(request: web.Request) -> web.Response:
-        ready = host.redis_ok
-        return web.json_response({"ready": ready, "redis": host.redis_ok}, status=200 if ready else 503)
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=host.metrics(), content_type="text/plain")
-
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app
-
-
-@dataclass
-class RunningSignaling:
-    runner: web.AppRunner
-    host: RedisCallHost
-    port: int
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-        await self.host.close()
-
-
-async def start_signaling(settings: Settings) -> RunningSignaling:
-    host = RedisCallHost(settings)
-    await host.start()
-    # On shutdown, requests in flight get as long as a dispatch may take.
-    runner = web.AppRunner(
-        create_fleet_app(settings, host), access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    port = int(runner.addresses[0][1]) if runner.addresses else settings.port
-    logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
-    if settings.join_secret is None:
-        logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
-    return RunningSignaling(runner, host, port)
-
-
-def _safe_url(settings: Settings) -> str:
-    """The Redis URL without a password."""
-    url = settings.redis_url or ""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return url
-
-
-def run(args: argparse.Namespace) -> None:
-    settings = Settings.from_env()
-    settings.redis_url = args.redis or settings.redis_url
-    if not settings.redis_url:
-        raise SystemExit("parley signaling needs --redis URL (or PARLEY_REDIS_URL)")
-    settings.host = args.host or settings.host
-    settings.port = args.port if args.port is not None else settings.port
-    refuse_public_without_secret(settings.host, settings.join_secret, args.allow_unauthenticated)
-    asyncio.run(serve_signaling(settings))
-
-
-async def serve_signaling(settings: Settings) -> None:
-    running = await start_signaling(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await running.stop()
+    def metrics(self) -> bytes:
+        return generate_latest(self._gauges)

@@ -1,0 +1,272 @@
+"""Process start-up and lifecycle for the long-running commands: signals, drain, cleanup.
+
+Every long-running command waits in `until_signalled`: SIGINT ends at once; SIGTERM drains when the
+command can (no new calls, the current ones may finish), and a second signal while draining ends the
+calls now. Cleanup runs in every case.
+
+`parley worker` and `parley signaling` are put together here from the settings: the fleet room
+(parley/fleet) and the HTTP API (parley/signaling) only see their own option objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from parley.agent.tools import ToolRegistry
+from parley.agent.turn import ice_server_source, ice_servers_with_turn
+from parley.agent.warmup import warm_up
+from parley.fleet.health import health_app
+from parley.fleet.host import RedisCallHost
+from parley.fleet.monitor import default_worker_id
+from parley.fleet.options import FleetOptions
+from parley.fleet.rpc_server import FleetWorker
+from parley.settings import Settings
+from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
+from parley.signaling.app import create_app
+from parley.signaling.middleware import fresh_page_config, remote_calls
+
+logger = logging.getLogger("parley")
+
+# `parley worker` takes this many calls when PARLEY_MAX_CALLS is 0 (aiortc lags past ~10-15 a process).
+DEFAULT_WORKER_CALLS = 12
+
+
+async def until_signalled(
+    cleanup: Callable[[], Awaitable[None]],
+    drain: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    end_now: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Wait for SIGINT or SIGTERM, then clean up; returns the first signal's number.
+
+    With `drain`, SIGTERM runs it to its end; a signal that comes meanwhile runs `end_now` (which should
+    make the drain finish soon). SIGINT, or SIGTERM without `drain`, goes straight to cleanup."""
+    stop = asyncio.Event()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+            loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+        if signals[0] == signal.SIGTERM and drain is not None:
+            draining = asyncio.create_task(drain())
+            while not draining.done():
+                stop.clear()
+                again = asyncio.create_task(stop.wait())
+                await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
+                again.cancel()
+                if stop.is_set() and end_now is not None:
+                    await end_now()
+            await draining
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
+        await cleanup()
+    return signals[0]
+
+
+def fleet_options(settings: Settings) -> FleetOptions:
+    if not settings.redis_url:
+        raise ValueError("a Redis URL is needed")
+    return FleetOptions(
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        heartbeat_s=settings.heartbeat_s,
+        worker_ttl_s=settings.worker_ttl_s,
+        dispatch_timeout_s=settings.dispatch_timeout_s,
+        worker_max_lag_ms=settings.worker_max_lag_ms,
+        worker_max_cpu=settings.worker_max_cpu,
+    )
+
+
+# --- parley serve -------------------------------------------------------------------------------
+
+
+async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
+    from parley.server import start
+
+    running = await start(settings, tools)
+
+    async def cleanup() -> None:
+        logger.warning("shutting down: ending %d calls", len(running.worker.calls))
+        await running.stop()
+
+    await until_signalled(cleanup)
+
+
+# --- parley worker ------------------------------------------------------------------------------
+
+
+def run_worker_command(args: argparse.Namespace) -> None:
+    from parley.agent.tools import default_registry, load_tool_module
+
+    settings = Settings.from_env()
+    settings.redis_url = args.redis or settings.redis_url
+    if not settings.redis_url:
+        raise SystemExit("parley worker needs --redis URL (or PARLEY_REDIS_URL)")
+    if args.max_calls is not None:
+        settings.max_calls = args.max_calls
+    if args.backend:
+        settings.backend = args.backend
+    if args.health_port is not None:
+        settings.worker_health_port = args.health_port
+    for module in args.tools or []:
+        load_tool_module(module)
+    raise SystemExit(asyncio.run(run_worker(settings, default_registry, args.id)))
+
+
+async def run_worker(
+    settings: Settings, tools: ToolRegistry | None = None, worker_id: str | None = None
+) -> int:
+    """Run one worker process until SIGTERM (drain) or SIGINT (end calls now). Returns the exit status."""
+    from parley.server import build_agent
+
+    agent = await build_agent(settings, tools, max_calls=settings.max_calls or DEFAULT_WORKER_CALLS)
+    worker, metrics = agent.worker, agent.metrics
+    worker_id = worker_id or settings.worker_id or default_worker_id()
+    if settings.turn_secret:
+        worker.ice_server_source = ice_server_source(
+            settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, worker_id
+        )
+    logger.warning("worker %s warmed up in %.2f s", worker_id, await warm_up())
+    fleet = FleetWorker(worker, fleet_options(settings), worker_id, agent.backend)
+    metrics.start()
+    runner: web.AppRunner | None = None
+    if settings.worker_health_port:
+        runner = web.AppRunner(health_app(fleet, metrics.render), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.worker_health_host, settings.worker_health_port).start()
+
+    async def end_now() -> None:
+        logger.warning("second signal: ending %d calls now", len(worker.calls))
+        await worker.close()
+
+    async def cleanup() -> None:
+        await fleet.stop()
+        for task in agent.background:
+            task.cancel()
+        await metrics.stop()
+        if runner is not None:
+            await runner.cleanup()
+        if agent.emulator is not None:
+            await agent.emulator.stop()
+
+    await fleet.start()
+    await until_signalled(cleanup, lambda: fleet.drain(settings.drain_timeout_s), end_now)
+    return 0
+
+
+# --- parley signaling ---------------------------------------------------------------------------
+
+
+def page_config_source(settings: Settings, host: RedisCallHost) -> Callable[[], dict[str, Any]]:
+    def make() -> dict[str, Any]:
+        ice = ice_servers_with_turn(
+            settings.ice_servers,
+            settings.turn_urls,
+            settings.turn_secret,
+            settings.turn_ttl_s,
+            f"web-{uuid.uuid4().hex[:8]}",
+        )
+        emulator = any(w.backend == "emulator" for w in host.workers.values())
+        return {"iceServers": ice, "emulator": emulator, "model": settings.model}
+
+    return make
+
+
+def create_fleet_app(settings: Settings, host: RedisCallHost) -> web.Application:
+    from parley.server import web_root
+
+    make_config = page_config_source(settings, host)
+    # The same front door as `parley serve`: allowed origins, join tokens and the rate limit. (Token
+    # `uses` are counted by each signaling process.)
+    app = create_app(
+        host,
+        web_root(settings),
+        make_config(),
+        allowed_origins=settings.allowed_origins,
+        admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
+    )
+    app.middlewares.append(fresh_page_config(make_config))
+    app.middlewares.append(remote_calls(host))
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = host.redis_ok
+        return web.json_response({"ready": ready, "redis": host.redis_ok}, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=host.metrics(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@dataclass
+class RunningSignaling:
+    runner: web.AppRunner
+    host: RedisCallHost
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.host.close()
+
+
+async def start_signaling(settings: Settings) -> RunningSignaling:
+    host = RedisCallHost(fleet_options(settings))
+    await host.start()
+    # On shutdown, requests in flight get as long as a dispatch may take.
+    runner = web.AppRunner(
+        create_fleet_app(settings, host), access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = int(runner.addresses[0][1]) if runner.addresses else settings.port
+    logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
+    if settings.join_secret is None:
+        logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
+    return RunningSignaling(runner, host, port)
+
+
+def _safe_url(settings: Settings) -> str:
+    """The Redis URL without a password."""
+    url = settings.redis_url or ""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+def run_signaling_command(args: argparse.Namespace) -> None:
+    settings = Settings.from_env()
+    settings.redis_url = args.redis or settings.redis_url
+    if not settings.redis_url:
+        raise SystemExit("parley signaling needs --redis URL (or PARLEY_REDIS_URL)")
+    settings.host = args.host or settings.host
+    settings.port = args.port if args.port is not None else settings.port
+    refuse_public_without_secret(settings.host, settings.join_secret, args.allow_unauthenticated)
+    asyncio.run(serve_signaling(settings))
+
+
+async def serve_signaling(settings: Settings) -> None:
+    running = await start_signaling(settings)
+    await until_signalled(running.stop)
