@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from parley.agent.tools import ToolRegistry
-from parley.agent.turn import ice_server_source, ice_servers_with_turn
+from parley.agent.turn_credentials import ice_server_source
 from parley.agent.warmup import warm_up
 from parley.fleet.health import health_app
 from parley.fleet.host import RedisCallHost
@@ -34,7 +33,6 @@ from parley.fleet.rpc_server import FleetWorker
 from parley.settings import Settings
 from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
 from parley.signaling.app import create_app
-from parley.signaling.middleware import fresh_page_config, remote_calls
 
 logger = logging.getLogger("parley")
 
@@ -176,36 +174,18 @@ async def run_worker(
 # --- parley signaling ---------------------------------------------------------------------------
 
 
-def page_config_source(settings: Settings, host: RedisCallHost) -> Callable[[], dict[str, Any]]:
-    def make() -> dict[str, Any]:
-        ice = ice_servers_with_turn(
-            settings.ice_servers,
-            settings.turn_urls,
-            settings.turn_secret,
-            settings.turn_ttl_s,
-            f"web-{uuid.uuid4().hex[:8]}",
-        )
-        emulator = any(w.backend == "emulator" for w in host.workers.values())
-        return {"iceServers": ice, "emulator": emulator, "model": settings.model}
-
-    return make
-
-
 def create_fleet_app(settings: Settings, host: RedisCallHost) -> web.Application:
-    from parley.server import web_root
+    from parley.server import page_config_source, web_root
 
-    make_config = page_config_source(settings, host)
     # The same front door as `parley serve`: allowed origins, join tokens and the rate limit. (Token
     # `uses` are counted by each signaling process.)
     app = create_app(
         host,
         web_root(settings),
-        make_config(),
+        page_config_source(settings, lambda: any(w.backend == "emulator" for w in host.workers.values())),
         allowed_origins=settings.allowed_origins,
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
     )
-    app.middlewares.append(fresh_page_config(make_config))
-    app.middlewares.append(remote_calls(host))
 
     async def readyz(request: web.Request) -> web.Response:
         ready = host.redis_ok

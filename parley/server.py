@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ from parley.agent.ice import offer_host_addresses
 from parley.agent.loopback import loopback_client
 from parley.agent.metrics import Metrics
 from parley.agent.tools import ToolRegistry
+from parley.agent.turn_credentials import ice_server_source
 from parley.agent.video import VideoOptions
 from parley.agent.worker import Worker
 from parley.emulator.server import GeminiEmulator
 from parley.settings import GEMINI_ENV_KEYS, Settings
 from parley.signaling.access import call_admission, parse_rate
-from parley.signaling.app import add_metrics_route, create_app
-from parley.signaling.middleware import use_turn
+from parley.signaling.app import PageConfig, add_metrics_route, create_app
 
 logger = logging.getLogger("parley")
 
@@ -40,6 +41,19 @@ WEB_ROOT = Path(__file__).resolve().parent / "web"
 def web_root(settings: Settings) -> Path:
     """The page, the widget and their modules: inside the package, unless PARLEY_WEB_ROOT says otherwise."""
     return Path(settings.web_root) if settings.web_root else WEB_ROOT
+
+
+def page_config_source(settings: Settings, emulator: Callable[[], bool]) -> PageConfig:
+    """GET /v1/config, made for each page: the ICE servers (with TURN credentials of its own when a TURN
+    secret is set), whether the agent is the offline emulator, and the model."""
+    ice = ice_server_source(
+        settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, "web"
+    )
+
+    def make() -> dict[str, Any]:
+        return {"iceServers": ice(), "emulator": emulator(), "model": settings.model}
+
+    return make
 
 
 def make_client(
@@ -205,15 +219,15 @@ async def start(
     agent = await build_agent(settings, tools, emulator)
     worker, metrics, backend = agent.worker, agent.metrics, agent.backend
     emulator = emulator or agent.emulator
-    page_config = {
-        "iceServers": settings.ice_servers,
-        "emulator": emulator is not None,
-        "model": settings.model,
-    }
+    if settings.turn_secret and settings.turn_urls:  # fresh TURN credentials for each call
+        worker.ice_server_source = ice_server_source(
+            settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, "worker"
+        )
+    offline = emulator is not None
     app = create_app(
         worker,
         web_root(settings),
-        page_config,
+        page_config_source(settings, lambda: offline),
         allowed_origins=settings.allowed_origins,
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
     )
@@ -224,7 +238,6 @@ async def start(
             settings.port,
         )
     add_metrics_route(app, metrics.render)
-    use_turn(settings, app, worker, page_config)  # fresh TURN credentials per page and per call
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

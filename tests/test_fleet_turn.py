@@ -10,7 +10,7 @@ import time
 
 import aiohttp
 
-from parley.agent.turn import ice_server_source, turn_credentials
+from parley.agent.turn_credentials import ice_server_source, turn_credentials
 from parley.emulator.server import GeminiEmulator
 from parley.processes import start_signaling
 from parley.server import start

@@ -54,7 +54,7 @@ async def test_garbage_opus_is_concealed_and_the_call_survives(url: str, server:
         await good.hang_up()
         assert match > 0.7  # the good call heard its answer in full
         bad_id = bad.call_url.rsplit("/", 1)[1] if bad.call_url else ""
-        state = server.worker.describe_call(bad_id)
+        state = await server.worker.describe_call(bad_id)
         assert state["state"] == "active"
         assert state["uplink"]["decode_errors"] > 100
     finally:
@@ -70,12 +70,12 @@ async def test_a_flood_is_throttled_and_does_not_hurt_other_calls(
     try:
         good, match = await good_call_beside(url, bad)
         good_id = good.call_url.rsplit("/", 1)[1] if good.call_url else ""
-        good_state = server.worker.describe_call(good_id)
+        good_state = await server.worker.describe_call(good_id)
         await good.hang_up()
         assert match > 0.7
         assert good_state["latency_ms"]["uplink"]["p95"] < 100
         bad_id = bad.call_url.rsplit("/", 1)[1] if bad.call_url else ""
-        bad_state = server.worker.describe_call(bad_id)
+        bad_state = await server.worker.describe_call(bad_id)
         assert bad_state["uplink"]["flood_dropped"] > 1000
         # what reached Gemini from the flooding call is at most a little faster than real time
         assert bad_state["uplink"]["audio_s_sent"] < 1.6 * bad_state["seconds"] + 1.0
@@ -132,6 +132,6 @@ async def test_malformed_packets_at_the_media_port_change_nothing(url: str, serv
         caller.say(SPEECH[:RATE])
         await caller.wait_for_event("agent_turn_end", timeout_s=15)  # the call works on
         call_id = caller.call_url.rsplit("/", 1)[1] if caller.call_url else ""
-        assert server.worker.describe_call(call_id)["state"] == "active"
+        assert (await server.worker.describe_call(call_id))["state"] == "active"
     finally:
         await caller.hang_up()

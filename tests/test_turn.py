@@ -1,7 +1,7 @@
 """TURN only: a call whose caller may use nothing but relayed candidates, through a real coturn.
 
 coturn (Debian `coturn`) runs on loopback with the REST-API shared secret (`use-auth-secret`), the scheme
-`parley serve` mints credentials with (agent/turn.py). The caller takes its ICE servers from
+`parley serve` mints credentials with (agent/turn_credentials.py). The caller takes its ICE servers from
 `GET /v1/config`, as the page does, and gathers with iceTransportPolicy "relay": every packet of the call
 goes through a coturn allocation. Skipped, with the reason, where `turnserver` is not installed.
 """
@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from parley.agent.turn import turn_credentials
+from parley.agent.turn_credentials import turn_credentials
 from parley.caller import RATE, Caller, load_wav
 from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start

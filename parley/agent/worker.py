@@ -100,7 +100,7 @@ class Worker:
             raise CallNotFound(call_id)
         await call.close(reason)
 
-    def describe_call(self, call_id: str) -> dict[str, Any]:
+    async def describe_call(self, call_id: str) -> dict[str, Any]:
         call = self.calls.get(call_id)
         if call is None:
             raise CallNotFound(call_id)

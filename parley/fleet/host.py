@@ -27,7 +27,7 @@ from parley.agent.worker import CallNotFound, WorkerBusy
 from parley.fleet.gauges import Gauges, gauge_registry
 from parley.fleet.options import FleetOptions
 from parley.fleet.wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
-from parley.signaling.middleware import WorkerTimeout
+from parley.signaling.app import WorkerTimeout
 
 logger = logging.getLogger("parley.signaling")
 
@@ -284,7 +284,7 @@ class RedisCallHost:
             raise CallNotFound(call_id)
         return worker_id, reply
 
-    async def fetch_call(self, call_id: str) -> dict[str, Any]:
+    async def describe_call(self, call_id: str) -> dict[str, Any]:
         """The call's state and counters from the worker holding it, with that worker's id."""
         worker_id, reply = await self._ask_holder(call_id, {"op": "describe", "call": call_id})
         if reply is None:
@@ -292,13 +292,10 @@ class RedisCallHost:
         summary = reply.get("summary")
         return {**(summary if isinstance(summary, dict) else {}), "worker": worker_id}
 
-    async def hang_up(self, call_id: str, reason: str = "hangup") -> None:
+    async def end_call(self, call_id: str, reason: str = "hangup") -> None:
         _, reply = await self._ask_holder(call_id, {"op": "end", "call": call_id, "reason": reason})
         if reply is None:  # its worker is gone, and the call with it
             raise CallNotFound(call_id)
-
-    async def end_call(self, call_id: str, reason: str = "hangup") -> None:
-        await self.hang_up(call_id, reason)
 
     async def resume_call(self, call_id: str, offer_sdp: str) -> str:
         """A caller rejoins its call on a new peer connection: the offer goes to the worker holding it."""
@@ -309,11 +306,6 @@ class RedisCallHost:
         if reply is None:  # its worker is gone, and the call with it
             raise CallNotFound(call_id)
         return str(reply["sdp"])
-
-    def describe_call(self, call_id: str) -> dict[str, Any]:
-        # The HTTP API reaches `fetch_call` through the `remote_calls` middleware; a synchronous
-        # lookup cannot ask a worker.
-        raise CallNotFound(call_id)
 
     def stats(self) -> dict[str, Any]:
         workers = [w.describe() for w in self.workers.values()]

@@ -292,7 +292,7 @@ class FleetWorker:
                 sdp = str(request.get("sdp", ""))
                 result = {"ok": True, "sdp": await self.worker.resume_call(str(request.get("call")), sdp)}
             elif op == "describe":
-                result = {"ok": True, "summary": self.worker.describe_call(str(request.get("call")))}
+                result = {"ok": True, "summary": await self.worker.describe_call(str(request.get("call")))}
             elif op == "end":
                 await self.worker.end_call(str(request.get("call")), str(request.get("reason") or "hangup"))
                 result = {"ok": True}

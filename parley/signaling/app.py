@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from parley.agent.sdp import OfferError
-from parley.agent.worker import WorkerBusy
+from parley.agent.worker import CallNotFound, WorkerBusy
 from parley.signaling.access import JOIN_CLAIMS
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,17 @@ class CallHost(Protocol):
     async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]: ...
     async def resume_call(self, call_id: str, offer_sdp: str) -> str: ...
     async def end_call(self, call_id: str, reason: str = "hangup") -> None: ...
-    def describe_call(self, call_id: str) -> dict[str, Any]: ...
+    async def describe_call(self, call_id: str) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
 
 
+class WorkerTimeout(Exception):
+    """The worker holding a call did not answer in time (a fleet's worker, through Redis)."""
+
+
+PageConfig = Callable[[], dict[str, Any]]
 CALL_HOST = web.AppKey("call_host", CallHost)
-PAGE_CONFIG = web.AppKey("page_config", dict)
+PAGE_CONFIG: web.AppKey[PageConfig] = web.AppKey("page_config")
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -131,17 +136,28 @@ async def create_call(request: web.Request) -> web.Response:
 
 async def get_call(request: web.Request) -> web.Response:
     try:
-        return web.json_response(request.app[CALL_HOST].describe_call(request.match_info["call_id"]))
-    except KeyError:
-        return error(404, "no such call")
+        return web.json_response(await request.app[CALL_HOST].describe_call(request.match_info["call_id"]))
+    except Exception as exc:
+        return call_error(exc)
 
 
 async def delete_call(request: web.Request) -> web.Response:
     try:
         await request.app[CALL_HOST].end_call(request.match_info["call_id"])
-    except KeyError:
-        return error(404, "no such call")
+    except Exception as exc:
+        return call_error(exc)
     return web.Response(status=204)
+
+
+def call_error(exc: Exception) -> web.Response:
+    """What a call host's failure to reach a call looks like to the caller; anything else is re-raised."""
+    if isinstance(exc, CallNotFound):
+        return error(404, "no such call")
+    if isinstance(exc, WorkerBusy):  # a fleet whose registry (Redis) is down
+        return error(503, exc.message, **{"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, WorkerTimeout):
+        return error(504, str(exc))
+    raise exc
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -149,7 +165,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def page_config(request: web.Request) -> web.Response:
-    return web.json_response(request.app[PAGE_CONFIG])
+    # Made per request: TURN credentials are minted for each page, a fleet's facts change.
+    return web.json_response(request.app[PAGE_CONFIG](), headers={"Cache-Control": "no-store"})
 
 
 CORS_HEADERS = {
@@ -211,7 +228,7 @@ def add_metrics_route(app: web.Application, render: Callable[[], tuple[bytes, st
 def create_app(
     host: CallHost,
     web_root: Path | None,
-    page_config_data: dict[str, Any],
+    page_config_source: PageConfig,
     allowed_origins: list[str] | None = None,
     admission: Middleware | None = None,
 ) -> web.Application:
@@ -221,7 +238,7 @@ def create_app(
         middlewares.append(admission)
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=middlewares)
     app[CALL_HOST] = host
-    app[PAGE_CONFIG] = page_config_data
+    app[PAGE_CONFIG] = page_config_source
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_delete("/v1/calls/{call_id}", delete_call)
