@@ -34,6 +34,12 @@ def _serve(args: argparse.Namespace) -> None:
     asyncio.run(serve(settings, default_registry))
 
 
+def _emulator(args: argparse.Namespace) -> None:
+    from parley.processes import run_emulator_command
+
+    run_emulator_command(args)
+
+
 def _token(args: argparse.Namespace) -> None:
     from parley.signaling.access import mint_join_token
 
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
     emulator = commands.add_parser("emulator", help="the Gemini Live emulator on its own")
     emulator_cli.add_arguments(emulator)
-    emulator.set_defaults(run=emulator_cli.run)
+    emulator.set_defaults(run=_emulator)
 
     token = commands.add_parser("token", help="mint a join token (needs PARLEY_JOIN_SECRET)")
     token.add_argument("--ttl", type=float, default=300, help="seconds the token admits calls (default 300)")

@@ -94,6 +94,21 @@ def fleet_options(settings: Settings) -> FleetOptions:
     )
 
 
+# --- parley emulator ----------------------------------------------------------------------------
+
+
+def run_emulator_command(args: argparse.Namespace) -> None:
+    from parley.emulator import cli as emulator_cli
+
+    emulator = emulator_cli.build(args)
+
+    async def serve_emulator() -> None:
+        await emulator_cli.start(emulator)
+        await until_signalled(lambda: emulator_cli.stop(emulator))
+
+    asyncio.run(serve_emulator())
+
+
 # --- parley serve -------------------------------------------------------------------------------
 
 

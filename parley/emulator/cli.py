@@ -59,35 +59,47 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     return options
 
 
+async def start(emulator: GeminiEmulator) -> None:
+    await emulator.start()
+    log.warning("Gemini Live emulator at %s (wss), CA certificate %s", emulator.base_url, emulator.ca_file)
+    log.warning(
+        "point the google-genai SDK at it with:\n"
+        "  export GOOGLE_GEMINI_BASE_URL=%s\n"
+        "  export SSL_CERT_FILE=%s",
+        shlex.quote(emulator.base_url),
+        shlex.quote(emulator.ca_file),
+    )
+
+
+async def stop(emulator: GeminiEmulator) -> None:
+    log.warning("emulator shutting down (%d connections served)", len(emulator.connections))
+    await emulator.stop()
+
+
 async def _serve(emulator: GeminiEmulator) -> None:
-    stop = asyncio.Event()
+    # `python -m parley.emulator` only: the emulator stands alone, so it cannot use parley.processes
+    # (`parley emulator` does).
+    stop_now = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    await emulator.start()
+            loop.add_signal_handler(signum, stop_now.set)
+    await start(emulator)
     try:
-        log.warning(
-            "Gemini Live emulator at %s (wss), CA certificate %s", emulator.base_url, emulator.ca_file
-        )
-        log.warning(
-            "point the google-genai SDK at it with:\n"
-            "  export GOOGLE_GEMINI_BASE_URL=%s\n"
-            "  export SSL_CERT_FILE=%s",
-            shlex.quote(emulator.base_url),
-            shlex.quote(emulator.ca_file),
-        )
-        await stop.wait()
+        await stop_now.wait()
     finally:
-        log.warning("emulator shutting down (%d connections served)", len(emulator.connections))
-        await emulator.stop()
+        await stop(emulator)
 
 
-def run(args: argparse.Namespace) -> None:
+def build(args: argparse.Namespace) -> GeminiEmulator:
     try:
         options = options_from_args(args)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"emulator: {exc}") from None
-    emulator = GeminiEmulator(host=args.host, port=args.port, options=options)
+    return GeminiEmulator(host=args.host, port=args.port, options=options)
+
+
+def run(args: argparse.Namespace) -> None:
+    emulator = build(args)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(emulator))
