@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from parley.agent.ice import rtc_configuration
 from parley.agent.uplink import OpusUplink, tap_receiver
+from parley.agent.vad import dbfs
 from parley.camera import ColourCamera
 
 RATE = 48000
@@ -54,13 +55,6 @@ def save_wav(path: str, samples: np.ndarray, rate: int = RATE) -> None:
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(samples.astype("<i2").tobytes())
-
-
-def dbfs(samples: np.ndarray) -> float:
-    if samples.size == 0:
-        return -120.0
-    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
-    return 20 * np.log10(max(rms, 1e-3) / 32768)
 
 
 class FecOpusEncoder(OpusEncoder):

@@ -66,7 +66,12 @@ class SpeechDetector:
 
     def _frame(self, frame: bytes) -> Speech | None:
         voiced = self._vad.is_speech(frame, 16000)
-        if voiced and self.agent_speaking and not self.speaking and _dbfs(frame) < self._echo_min_dbfs:
+        if (
+            voiced
+            and self.agent_speaking
+            and not self.speaking
+            and dbfs(np.frombuffer(frame, dtype="<i2")) < self._echo_min_dbfs
+        ):
             voiced = False
         if voiced:
             self._voiced_run += 1
@@ -85,7 +90,12 @@ class SpeechDetector:
         return None
 
 
-def _dbfs(frame: bytes) -> float:
-    samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
-    rms = float(np.sqrt(np.mean(samples * samples)))
-    return 20 * math.log10(max(rms, 1.0) / 32768)
+def dbfs(samples: np.ndarray) -> float:
+    """RMS level of 16-bit samples in dB relative to full scale, floored at -100 (silence).
+
+    The emulator has its own copy (parley/emulator/audio.py): it imports no other Parley room."""
+    if samples.size == 0:
+        return -100.0
+    x = samples.astype(np.float64) / 32768.0
+    rms = math.sqrt(float(np.mean(x * x)))
+    return max(-100.0, 20.0 * math.log10(rms)) if rms > 0 else -100.0

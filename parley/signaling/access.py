@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from parley.signaling.errors import error
+
 
 class TokenError(Exception):
     pass
@@ -143,9 +145,6 @@ JOIN_CLAIMS = web.RequestKey("join_claims", JoinClaims)
 def call_admission(secret: str | None, limiter: RateLimiter | None) -> Middleware:
     """Guards `POST /v1/calls`: 429 past the client's rate, 401 without a valid token, 403 once used up."""
     used: dict[str, int] = {}
-
-    def error(status: int, message: str, **headers: str) -> web.Response:
-        return web.json_response({"error": message}, status=status, headers=headers)
 
     @web.middleware
     async def admission(request: web.Request, handler: Handler) -> web.StreamResponse:

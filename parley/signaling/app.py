@@ -23,6 +23,7 @@ from aiohttp.typedefs import Middleware
 from parley.agent.sdp import OfferError
 from parley.agent.worker import CallNotFound, WorkerBusy
 from parley.signaling.access import JOIN_CLAIMS
+from parley.signaling.errors import bad_request, error
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ CALL_HOST = web.AppKey("call_host", CallHost)
 PAGE_CONFIG: web.AppKey[PageConfig] = web.AppKey("page_config")
 
 
-def error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
-
-
 async def read_offer(request: web.Request) -> tuple[str, bool, str | None]:
     """The offer's SDP, whether the caller spoke JSON, and the call it resumes, if any.
     Raises an HTTP error response otherwise."""
@@ -71,31 +68,20 @@ async def read_offer(request: web.Request) -> tuple[str, bool, str | None]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "the body is not UTF-8"}), content_type="application/json"
-        ) from None
+        raise bad_request("the body is not UTF-8") from None
     if content_type == "application/sdp":
         return text, False, request.query.get("resume")
     try:
         payload = json.loads(text)
     except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "the body is not valid JSON"}), content_type="application/json"
-        ) from None
+        raise bad_request("the body is not valid JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": 'expected {"sdp": "...", "type": "offer"}'}),
-            content_type="application/json",
-        )
+        raise bad_request('expected {"sdp": "...", "type": "offer"}')
     if payload.get("type", "offer") != "offer":
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "only offers are accepted"}), content_type="application/json"
-        )
+        raise bad_request("only offers are accepted")
     resume = payload.get("resume", request.query.get("resume"))
     if resume is not None and not isinstance(resume, str):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "resume must be a call id"}), content_type="application/json"
-        )
+        raise bad_request("resume must be a call id")
     return payload["sdp"], True, resume
 
 
