@@ -251,7 +251,8 @@ async def soak(minutes: float, concurrency: int, warmup_s: float, segment_s: flo
     emulator = GeminiEmulator(options=EmulatorOptions(handle_ttl_s=30.0))  # handles expire, not pile up
     await emulator.start()
     running = await start(settings(), emulator=emulator)
-    running.worker.session_config.goaway_margin_s = 0.5
+    assert running.session_config is not None
+    running.session_config.goaway_margin_s = 0.5
     soak = Soak(running, emulator, f"http://127.0.0.1:{running.port}")
     end = soak.started + minutes * 60
     faults = list(FAULTS)

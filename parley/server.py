@@ -20,10 +20,11 @@ from google.genai import types
 
 from parley.agent.call import CallOptions
 from parley.agent.credentials import FreshCredentials
-from parley.agent.gemini import SessionConfig
+from parley.agent.gemini import SessionConfig, gemini_sessions
 from parley.agent.ice import offer_host_addresses
-from parley.agent.loopback import loopback_client
+from parley.agent.loopback import loopback_sessions
 from parley.agent.metrics import Metrics
+from parley.agent.session import SessionFactory
 from parley.agent.tools import ToolRegistry
 from parley.agent.turn_credentials import ice_server_source
 from parley.agent.video import VideoOptions
@@ -150,6 +151,7 @@ class Running:
     port: int
     background: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics | None = None
+    session_config: SessionConfig | None = None
 
     async def stop(self) -> None:
         for task in self.background:
@@ -171,6 +173,7 @@ class Agent:
     emulator: GeminiEmulator | None  # started here, so stopped by whoever stops the process
     background: list[asyncio.Task[None]]
     metrics: Metrics
+    session_config: SessionConfig  # what every Gemini session of this process is made with
 
 
 async def build_agent(
@@ -193,23 +196,25 @@ async def build_agent(
             emulator.base_url,
         )
     background: list[asyncio.Task[None]] = []
+    config = session_config(settings, tools or ToolRegistry())
+    sessions: SessionFactory
     if backend == "loopback":
-        client = loopback_client()
+        sessions = loopback_sessions()
     else:
         credentials = await fresh_vertex_credentials(background) if emulator is None else None
         client = make_client(settings, emulator, credentials)
+        sessions = gemini_sessions(client, config)
     metrics = Metrics()
     options = call_options(settings)
-    options.metrics = metrics
+    options.observer = metrics
     if backend == "loopback":
         options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
     worker = Worker(
-        client,
-        session_config(settings, tools or ToolRegistry()),
+        sessions,
         options,
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
-    return Agent(worker, backend, own_emulator, background, metrics)
+    return Agent(worker, backend, own_emulator, background, metrics, config)
 
 
 async def start(
@@ -253,4 +258,4 @@ async def start(
         backend,
         settings.model,
     )
-    return Running(runner, worker, agent.emulator, port, agent.background, metrics)
+    return Running(runner, worker, agent.emulator, port, agent.background, metrics, agent.session_config)

@@ -82,7 +82,7 @@ async def test_uplink_loss_is_concealed_and_latency_does_not_ratchet(
         call_id = caller.call_url.rsplit("/", 1)[1] if caller.call_url else ""
         summary = await server.worker.describe_call(call_id)
         dropped = caller.packets_dropped
-        latencies = list(server.worker.calls[call_id].session.uplink_latency_s)
+        latencies = list(server.worker.calls[call_id].uplink_latency_s)
     finally:
         await caller.hang_up()
     assert dropped > 5

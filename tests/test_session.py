@@ -70,7 +70,8 @@ async def test_twenty_minute_call_through_many_goaways(
     # Ten-minute connections, compressed: each connection lives 4 s and says goAway 2 s before its end.
     emulator.options.lifetime_s = 4.0
     emulator.options.goaway_lead_s = 2.0
-    server.worker.session_config.goaway_margin_s = 0.5
+    assert server.session_config is not None
+    server.session_config.goaway_margin_s = 0.5
     async with calling(url) as call:
         await converse_through_goaways(call, emulator)
 

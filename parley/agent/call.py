@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from google import genai
 
+from parley.agent.call_state import CallState, advance
 from parley.agent.downlink import PLAYOUT_RATE, ModelAudio, MonoOpusEncoder, PlayoutBuffer, PlayoutTrack
-from parley.agent.gemini import SessionConfig, SessionEnded
 from parley.agent.ice import rtc_configuration
-from parley.agent.loopback import make_session
-from parley.agent.metrics import CallProbe, Metrics
+from parley.agent.observer import CallObserver, Measure
 from parley.agent.sdp import OfferError, ask_for_inband_fec, check_offer
+from parley.agent.session import SessionEnded, SessionFactory
 from parley.agent.uplink import OpusUplink, tap_receiver
 from parley.agent.vad import FRAME_S, Speech, SpeechDetector
 from parley.agent.video import VideoOptions, VideoPath
@@ -64,34 +63,34 @@ class CallOptions:
     # How long a call whose connection failed waits for the caller to rejoin it.
     rejoin_grace_s: float = 20.0
     max_duration_s: float = 3600.0
-    metrics: Metrics | None = None  # the process's Prometheus metrics (agent/metrics.py)
     video: VideoOptions = field(default_factory=VideoOptions)
+    # Who hears what the call does: the process's metrics, records, traces (parley/agent/observer.py).
+    observer: CallObserver = field(default_factory=CallObserver)
 
 
 class Call:
     def __init__(
-        self,
-        client: genai.Client,
-        session_config: SessionConfig,
-        options: CallOptions,
-        on_ended: Callable[[Call], None],
+        self, make_session: SessionFactory, options: CallOptions, on_ended: Callable[[Call], None]
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self._id = uuid.uuid4().hex
         self.created_at = time.monotonic()
-        self.state = "new"
-        self.end_reason: str | None = None
+        self.state = CallState.NEW
+        self._end_reason: str | None = None
         self._on_ended = on_ended
         self.options = options
+        self._observer = options.observer
         self.pc = RTCPeerConnection(rtc_configuration(options.ice_servers))
         self.uplink = OpusUplink(self._on_caller_pcm, flood_guard=True)
         self.playout_buffer = PlayoutBuffer()
         self.model_audio = ModelAudio(self.playout_buffer)
         self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
-        self.session = make_session(client, session_config, self)
+        self.session = make_session(self)
+        self.playout_buffer.live = self.session.live_audio
         self.channel: RTCDataChannel | None = None
         self.video: VideoPath | None = None  # made when an offer first carries video
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: asyncio.Task[None] | None = None
+        self.uplink_latency_s: deque[float] = deque(maxlen=1000)
         self.downlink_latency_s: deque[float] = deque(maxlen=1000)
         self.bargein_stop_s: deque[float] = deque(maxlen=100)
         self.turns = 0
@@ -107,7 +106,24 @@ class Call:
         self._streaming = True
         self._silent_since: float | None = None
         self._preroll: deque[bytes] = deque(maxlen=max(1, round(options.preroll_s / FRAME_S)))
-        self.probe = CallProbe(self, options.metrics)
+        self.track.after_next_frame(
+            lambda: self._measured(Measure.FIRST_AUDIO, time.monotonic() - self.created_at)
+        )
+        self._observer.call_started(self)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def end_reason(self) -> str | None:
+        return self._end_reason
+
+    def _move(self, state: CallState) -> None:
+        self.state = advance(self.state, state)
+
+    def _measured(self, measure: Measure, seconds: float) -> None:
+        self._observer.latency(self, measure, seconds)
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -117,7 +133,7 @@ class Call:
         answer = await self._negotiate(self.pc, offer_sdp)
         self._tasks.append(asyncio.create_task(self._run_session(), name=f"gemini-{self.id}"))
         self._tasks.append(asyncio.create_task(self._watch_media(), name=f"watchdog-{self.id}"))
-        self.state = "connecting"
+        self._move(CallState.CONNECTING)
         return answer
 
     async def rejoin(self, offer_sdp: str) -> str:
@@ -145,7 +161,7 @@ class Call:
         self.rejoins += 1
         self.reconnecting_since = None
         self.connected_since = time.monotonic()
-        self.state = "connecting"
+        self._move(CallState.CONNECTING)
         old[2].stop()
         with contextlib.suppress(Exception):
             await old[0].close()
@@ -224,13 +240,21 @@ class Call:
             response_ms = None
             if self.user_speech_ended_at is not None:
                 response_ms = round((arrived_at - self.user_speech_ended_at) * 1000)
-                self.probe.response(arrived_at, self.user_speech_ended_at)
+                # The detector decided the user had stopped a hangover after they did.
+                heard_s = arrived_at - self.user_speech_ended_at + self.vad.hangover_s
+                self._measured(Measure.RESPONSE, max(0.0, heard_s))
                 self.user_speech_ended_at = None
             self.emit("agent_turn_start", turn=self.turns, response_ms=response_ms)
         self.model_audio.push(pcm, arrived_at)
 
     def _on_playout_started(self, arrived_at: float) -> None:
-        self.downlink_latency_s.append(time.monotonic() - arrived_at)
+        latency = time.monotonic() - arrived_at
+        self.downlink_latency_s.append(latency)
+        self._measured(Measure.DOWNLINK, latency)
+
+    def on_audio_sent(self, latency_s: float) -> None:
+        self.uplink_latency_s.append(latency_s)
+        self._measured(Measure.UPLINK, latency_s)
 
     def on_interrupted(self) -> None:
         self._barge_in("gemini")
@@ -242,7 +266,11 @@ class Call:
         started = time.monotonic()
         dropped = self.model_audio.interrupt()
         # measured to the first frame the track emits after the cut: silence leaving the agent
-        self.track.after_next_frame(lambda: self.bargein_stop_s.append(time.monotonic() - started))
+        def stopped() -> None:
+            self.bargein_stop_s.append(time.monotonic() - started)
+            self._measured(Measure.BARGEIN_STOP, self.bargein_stop_s[-1])
+
+        self.track.after_next_frame(stopped)
         self.emit(
             "interrupted", turn=self.turns, source=source, dropped_ms=round(dropped * 1000 / PLAYOUT_RATE)
         )
@@ -283,9 +311,12 @@ class Call:
         self.emit("pong", t=event.get("t"))
 
     def emit(self, kind: str, **fields: Any) -> None:
+        """An event for the caller (if its channel is open) and for the observer."""
         channel = self.channel
         if channel is not None and channel.readyState == "open":
             channel.send(json.dumps({"type": kind, "t": round(time.time(), 3), **fields}))
+        if kind != "pong":
+            self._observer.call_event(self, kind, fields)
 
     # --- watchdogs and teardown --------------------------------------------------------------
 
@@ -316,12 +347,14 @@ class Call:
                 return
 
     async def _on_connection_state(self) -> None:
+        if self._closing is not None:
+            return
         state = self.pc.connectionState
         if state == "connected":
-            self.state = "active"
+            self._move(CallState.ACTIVE)
         elif state == "failed" and self.options.rejoin_grace_s > 0:
             # The caller may come back on a new connection (POST /v1/calls with "resume").
-            self.state = "reconnecting"
+            self._move(CallState.RECONNECTING)
             self.reconnecting_since = time.monotonic()
             logger.info(
                 "call %s: connection failed, waiting %g s for the caller to rejoin",
@@ -334,8 +367,8 @@ class Call:
     def close(self, reason: str) -> asyncio.Task[None]:
         """End the call (idempotent): the first reason given is the one recorded."""
         if self._closing is None:
-            self.end_reason = reason
-            self.state = "ending"
+            self._end_reason = reason
+            self._move(CallState.ENDING)
             self._closing = asyncio.create_task(self._teardown())
         return self._closing
 
@@ -352,9 +385,9 @@ class Call:
             await self.video.close()
         with contextlib.suppress(Exception):
             await self.pc.close()
-        self.state = "ended"
+        self._move(CallState.ENDED)
         logger.info("call %s ended: %s", self.id[:8], json.dumps(self.summary()))
-        self.probe.ended()
+        self._observer.call_ended(self)
         self._on_ended(self)
 
     def summary(self) -> dict[str, Any]:
@@ -377,6 +410,7 @@ class Call:
                 "flood_dropped": uplink.flood_dropped,
                 "audio_s_sent": round(stats.audio_bytes_sent / 32000, 2),
                 "audio_s_per_call_s": round(stats.audio_bytes_sent / 32000 / max(seconds, 1e-3), 3),
+                "audio_s_resent": round(stats.audio_bytes_resent / 32000, 2),
                 "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),
             },
             "downlink": {"frames": self.track.frames_sent, "silent_frames": self.track.silent_frames},
@@ -384,7 +418,7 @@ class Call:
             if self.video is None
             else {**self.video.summary(), "tokens_reported": stats.video_tokens_reported},
             "latency_ms": {
-                "uplink": percentiles(self.session.uplink_latency_s),
+                "uplink": percentiles(self.uplink_latency_s),
                 "downlink": percentiles(self.downlink_latency_s),
                 "bargein_stop": percentiles(self.bargein_stop_s),
             },
@@ -400,4 +434,26 @@ class Call:
                     "total": stats.total_tokens,
                 },
             },
+        }
+
+    def counters(self) -> dict[str, float]:
+        """Running totals, for the process's counters (metrics sum them over calls)."""
+        up = self.uplink.stats
+        s = self.session.stats
+        track = self.track
+        return {
+            "decoded": up.packets,
+            "late": up.late,
+            "concealed": up.concealed,
+            "recovered": up.recovered,
+            "decode_error": up.decode_errors,
+            "audio_frames": track.frames_sent - track.silent_frames,
+            "silent_frames": track.silent_frames,
+            "connections": s.connections,
+            "reconnects": s.reconnects,
+            "prompt": s.prompt_tokens,
+            "response": s.response_tokens,
+            "total": s.total_tokens,
+            "audio_s": s.audio_bytes_sent / 32000,
+            **({} if self.video is None else self.video.counters()),
         }

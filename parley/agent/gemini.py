@@ -22,12 +22,13 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from google import genai
 from google.genai import errors, types
 from websockets.exceptions import ConnectionClosed
 
+from parley.agent.session import SessionEnded, SessionFactory, SessionListener, SessionStats
 from parley.agent.tools import ToolRegistry
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,6 @@ INPUT_MIME = "audio/pcm;rate=16000"
 VIDEO_MIME = "image/jpeg"
 INPUT_BYTES_PER_SECOND = 16000 * 2
 STABLE_CONNECTION_S = 10.0
-
-
-class SessionListener(Protocol):
-    def on_model_audio(self, pcm: bytes, arrived_at: float) -> None: ...
-    def on_interrupted(self) -> None: ...
-    def on_turn_complete(self, cut: bool = False) -> None: ...
-    def on_transcript(self, role: str, text: str, finished: bool) -> None: ...
-    def on_session_event(self, kind: str, detail: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -63,32 +56,6 @@ class SessionConfig:
     media_resolution: str | None = None  # LOW, MEDIUM or HIGH: tokens per video frame; None: the default
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     tool_timeout_s: float = 10.0
-
-
-@dataclass
-class SessionStats:
-    connections: int = 0
-    reconnects: int = 0
-    goaways: int = 0
-    fresh_restarts: int = 0
-    audio_bytes_sent: int = 0
-    audio_bytes_resent: int = 0
-    audio_bytes_dropped: int = 0
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    total_tokens: int = 0
-    tool_calls: int = 0
-    video_frames_sent: int = 0
-    video_bytes_sent: int = 0
-    video_tokens_reported: int = 0  # VIDEO/IMAGE prompt tokens in the service's usageMetadata
-
-
-class SessionEnded(Exception):
-    """The conversation cannot go on; `reason` is shown to the caller."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _Connection:
@@ -132,8 +99,7 @@ class GeminiSession:
         self._transcript: list[tuple[str, str]] = []
         self._closed = False
         self.stats = SessionStats()
-        self.connected = False
-        self.uplink_latency_s: deque[float] = deque(maxlen=1000)
+        self.live_audio = False  # Gemini speaks in bursts, ahead of playout
 
     # --- the uplink's door -------------------------------------------------------------------
 
@@ -220,7 +186,6 @@ class GeminiSession:
         finally:
             if conn is not None:
                 await self._drop(conn)
-            self.connected = False
 
     async def close(self) -> None:
         self._closed = True
@@ -301,7 +266,6 @@ class GeminiSession:
             self._since_handle_bytes = 0
         # The new connection has not seen the picture: show it the newest frame with the first audio.
         self._video = self._latest_video
-        self.connected = True
         self._listener.on_session_event(
             "connected", {"resumed": resuming, "connection": self.stats.connections}
         )
@@ -317,7 +281,6 @@ class GeminiSession:
             await live.send_client_content(turns=turns, turn_complete=False)
 
     async def _drop(self, conn: _Connection) -> None:
-        self.connected = False
         for task in conn.tool_tasks.values():
             task.cancel()
         if conn.generating:
@@ -363,7 +326,7 @@ class GeminiSession:
                 continue
             await conn.live.send_realtime_input(audio=types.Blob(data=chunk, mime_type=INPUT_MIME))
             if arrived_at:
-                self.uplink_latency_s.append(time.monotonic() - arrived_at)
+                self._listener.on_audio_sent(time.monotonic() - arrived_at)
             self._outbox.popleft()
             self._outbox_bytes -= len(chunk)
             self._since_handle.append(chunk)
@@ -465,6 +428,11 @@ class GeminiSession:
 
         conn.tool_tasks[call_id] = asyncio.create_task(run_tool())
 
-    @property
-    def transcript(self) -> list[tuple[str, str]]:
-        return list(self._transcript)
+
+def gemini_sessions(client: genai.Client, config: SessionConfig) -> SessionFactory:
+    """The factory a worker makes each call's session with: one Gemini conversation per call."""
+
+    def make(listener: SessionListener) -> GeminiSession:
+        return GeminiSession(client, config, listener)
+
+    return make

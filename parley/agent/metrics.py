@@ -1,9 +1,8 @@
 """Prometheus metrics for one agent process, from timestamps the calls take anyway.
 
 `Metrics` owns its own `CollectorRegistry` (never the global one, so several servers can live in one
-process, as in the tests) and is served as text by `GET /metrics`. Each call gets a `CallProbe` when it
-is made: the probe swaps the call's bounded latency deques for ones that also feed the histograms, so
-the media path itself calls nothing new.
+process, as in the tests) and is served as text by `GET /metrics`. It is the calls' `CallObserver`:
+each call reports its latencies as it measures them, and its counters are read at scrape time.
 
 Histograms (seconds):
   parley_uplink_latency_seconds     RTP packet arrival -> its PCM written to the Gemini socket
@@ -23,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,8 +36,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from parley.agent.call import Call
+from parley.agent.observer import CallObserver, CallView, Measure
 
 # Media-path latencies: fine steps around the 20-40 ms that matter.
 LATENCY_BUCKETS = (
@@ -50,25 +46,10 @@ LATENCY_BUCKETS = (
 RESPONSE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 SETUP_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 LOOP_LAG_INTERVAL_S = 0.05
-VAD_FRAME_S = 0.02  # agent.vad's frame
 
 
-class ObservedSamples(deque[float]):
-    """A call's bounded deque of latency samples that also feeds a histogram on every append."""
-
-    def __init__(
-        self, observe: Callable[[float], None], samples: Iterable[float], maxlen: int | None
-    ) -> None:
-        super().__init__(samples, maxlen)
-        self._observe = observe
-
-    def append(self, value: float) -> None:
-        super().append(value)
-        self._observe(value)
-
-
-class Metrics:
-    """Every metric of one agent process, in its own registry."""
+class Metrics(CallObserver):
+    """Every metric of one agent process, in its own registry; calls report to it as their observer."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -109,6 +90,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._histograms = {
+            Measure.UPLINK: self.uplink_latency,
+            Measure.DOWNLINK: self.downlink_latency,
+            Measure.BARGEIN_STOP: self.bargein_stop,
+            Measure.RESPONSE: self.response,
+            Measure.FIRST_AUDIO: self.first_audio,
+        }
         self.calls_started = Counter("parley_calls_started", "calls created (offers taken)", registry=r)
         self.calls_ended = Counter("parley_calls_ended", "calls ended, by reason", ["reason"], registry=r)
         self.active_calls = Gauge("parley_active_calls", "calls in progress", registry=r)
@@ -136,85 +124,34 @@ class Metrics:
         """The Prometheus text exposition and its content type (format 0.0.4: every scraper reads it)."""
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
-    # --- calls --------------------------------------------------------------------------------
+    # --- calls: the CallObserver door ---------------------------------------------------------
 
-    def probe(self, call: Call) -> CallProbe:
-        return CallProbe(call, self)
+    def call_started(self, call: CallView) -> None:
+        self.calls_started.inc()
+        self.active_calls.inc()
+        self._totals.live[call.id] = call
 
+    def latency(self, call: CallView, measure: Measure, seconds: float) -> None:
+        self._histograms[measure].observe(seconds)
 
-class CallProbe:
-    """One call's link to the metrics; with no `Metrics` every method does nothing."""
-
-    def __init__(self, call: Call, metrics: Metrics | None) -> None:
-        self._call = call
-        self._metrics = metrics
-        if metrics is None:
+    def call_ended(self, call: CallView) -> None:
+        if call.id not in self._totals.live:
             return
-        session = call.session
-        session.uplink_latency_s = ObservedSamples(
-            metrics.uplink_latency.observe, session.uplink_latency_s, session.uplink_latency_s.maxlen
-        )
-        call.downlink_latency_s = ObservedSamples(
-            metrics.downlink_latency.observe, call.downlink_latency_s, call.downlink_latency_s.maxlen
-        )
-        call.bargein_stop_s = ObservedSamples(
-            metrics.bargein_stop.observe, call.bargein_stop_s, call.bargein_stop_s.maxlen
-        )
-        metrics.calls_started.inc()
-        metrics.active_calls.inc()
-        metrics._totals.live.add(self)
-        created = call.created_at
-        call.track.after_next_frame(lambda: metrics.first_audio.observe(time.monotonic() - created))
-
-    def response(self, answered_at: float, speech_end_decided_at: float) -> None:
-        """The agent's first audio of a turn arrived at `answered_at`; the local VAD decided the user had
-        stopped at `speech_end_decided_at`, its hangover (silence it waits for) after the speech ended."""
-        if self._metrics is not None:
-            hangover_s = getattr(self._call.vad, "_hangover", 0) * VAD_FRAME_S
-            self._metrics.response.observe(max(0.0, answered_at - speech_end_decided_at + hangover_s))
-
-    def ended(self) -> None:
-        metrics = self._metrics
-        if metrics is None or self not in metrics._totals.live:
-            return
-        metrics._totals.retire(self)
-        metrics.active_calls.dec()
-        metrics.calls_ended.labels(reason=self._call.end_reason or "unknown").inc()
-
-    def counts(self) -> dict[str, float]:
-        """This call's running totals, as the `_CallTotals` collector exports them."""
-        call = self._call
-        up = call.uplink.stats
-        s = call.session.stats
-        track = call.track
-        return {
-            "decoded": up.packets,
-            "late": up.late,
-            "concealed": up.concealed,
-            "recovered": up.recovered,
-            "decode_error": up.decode_errors,
-            "audio_frames": track.frames_sent - track.silent_frames,
-            "silent_frames": track.silent_frames,
-            "connections": s.connections,
-            "reconnects": s.reconnects,
-            "prompt": s.prompt_tokens,
-            "response": s.response_tokens,
-            "total": s.total_tokens,
-            "audio_s": s.audio_bytes_sent / 32000,
-            **video_counts(call),
-        }
+        self._totals.retire(call)
+        self.active_calls.dec()
+        self.calls_ended.labels(reason=call.end_reason or "unknown").inc()
 
 
 class _CallTotals(Collector):
     """Counters summed over the live calls plus everything the ended ones counted."""
 
     def __init__(self) -> None:
-        self.live: set[CallProbe] = set()
+        self.live: dict[str, CallView] = {}
         self.ended: dict[str, float] = {}
 
-    def retire(self, probe: CallProbe) -> None:
-        self.live.discard(probe)
-        for key, value in probe.counts().items():
+    def retire(self, call: CallView) -> None:
+        self.live.pop(call.id, None)
+        for key, value in call.counters().items():
             self.ended[key] = self.ended.get(key, 0.0) + value
 
     def describe(self) -> Iterable[Metric]:
@@ -222,8 +159,8 @@ class _CallTotals(Collector):
 
     def collect(self) -> Iterable[Metric]:
         totals = dict(self.ended)
-        for probe in list(self.live):
-            for key, value in probe.counts().items():
+        for call in list(self.live.values()):
+            for key, value in call.counters().items():
                 totals[key] = totals.get(key, 0.0) + value
         return list(self._families(totals))
 
@@ -271,19 +208,6 @@ class _CallTotals(Collector):
             get("video_dropped"),
         )
 
-
-def video_counts(call: Call) -> dict[str, float]:
-    video = call.video
-    if video is None:
-        return {}
-    s = video.stats
-    return {
-        "video_frames": s.frames_sent,
-        "video_s": s.seconds,
-        "video_tokens": s.frames_sent * video.options.tokens_per_frame,
-        "video_bytes": s.jpeg_bytes_sent,
-        "video_dropped": sum(s.dropped.values()),
-    }
 
 
 async def sample_loop_lag(observe: Callable[[float], None], interval_s: float = LOOP_LAG_INTERVAL_S) -> None:

@@ -52,6 +52,11 @@ class SpeechDetector:
         self.speaking = False
         self.agent_speaking = False
 
+    @property
+    def hangover_s(self) -> float:
+        """The silence it waits for before deciding speech ended: how late every end is decided."""
+        return self._hangover * FRAME_S
+
     def feed(self, pcm: bytes) -> list[Speech]:
         """Feed PCM of any length; returns the transitions it completed."""
         self._pending += pcm

@@ -297,6 +297,17 @@ class VideoPath:
             "encode_ms_p50": round(encode[len(encode) // 2] * 1000, 2) if encode else None,
         }
 
+    def counters(self) -> dict[str, float]:
+        """Running totals for the process's counters (parley/agent/metrics.py sums them over calls)."""
+        s = self.stats
+        return {
+            "video_frames": s.frames_sent,
+            "video_s": s.seconds,
+            "video_tokens": s.frames_sent * self.options.tokens_per_frame,
+            "video_bytes": s.jpeg_bytes_sent,
+            "video_dropped": sum(s.dropped.values()),
+        }
+
     # --- the sampler --------------------------------------------------------------------------
 
     def _on_decoded(self, frame: DecodedFrame) -> None:

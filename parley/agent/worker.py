@@ -12,11 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from google import genai
-
 from parley.agent.call import Call, CallOptions
-from parley.agent.gemini import SessionConfig
 from parley.agent.sdp import OfferError
+from parley.agent.session import SessionFactory
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +35,11 @@ class WorkerBusy(Exception):
 class Worker:
     def __init__(
         self,
-        client: genai.Client,
-        session_config: SessionConfig,
+        make_session: SessionFactory,
         call_options: CallOptions,
         max_calls: int = 0,
     ) -> None:
-        self._client = client
-        self.session_config = session_config
+        self._make_session = make_session  # Gemini, the emulator behind the SDK, or the loopback echo
         self.call_options = call_options
         self.max_calls = max_calls  # 0: no limit
         self.accepting = True
@@ -65,7 +61,7 @@ class Worker:
             options = dataclasses.replace(options, ice_servers=self.ice_server_source())
         if max_seconds is not None and max_seconds < options.max_duration_s:
             options = dataclasses.replace(options, max_duration_s=max_seconds)
-        call = Call(self._client, self.session_config, options, self._forget)
+        call = Call(self._make_session, options, self._forget)
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer_sdp)
