@@ -16,12 +16,13 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from parley.agent.call_report import media_counters, media_summary
 from parley.agent.call_state import CallState, advance
 from parley.agent.downlink import PLAYOUT_RATE, ModelAudio, MonoOpusEncoder, PlayoutBuffer, PlayoutTrack
 from parley.agent.ice import rtc_configuration
@@ -36,18 +37,6 @@ logger = logging.getLogger(__name__)
 
 # The caller's events channel takes small JSON messages; anything else is logged and ignored.
 MAX_CLIENT_MESSAGE = 4096
-
-
-def percentiles(samples_s: Iterable[float]) -> dict[str, float] | None:
-    """p50/p95/max in milliseconds of recent samples, or None before there are any."""
-    values = sorted(samples_s)
-    if not values:
-        return None
-
-    def at(q: float) -> float:
-        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
-
-    return {"p50": at(0.5), "p95": at(0.95), "max": round(values[-1] * 1000, 2), "count": len(values)}
 
 
 @dataclass
@@ -391,69 +380,23 @@ class Call:
         self._on_ended(self)
 
     def summary(self) -> dict[str, Any]:
-        stats = self.session.stats
-        uplink = self.uplink.stats
+        head = {"call": self.id, "state": self.state, "end_reason": self.end_reason}
+        latencies = {
+            "uplink": self.uplink_latency_s,
+            "downlink": self.downlink_latency_s,
+            "bargein_stop": self.bargein_stop_s,
+        }
         seconds = time.monotonic() - self.created_at
+        stats = self.session.stats
+        media = media_summary(stats, self.uplink.stats, self.track, self.video, latencies, seconds)
         return {
-            "call": self.id,
-            "state": self.state,
-            "end_reason": self.end_reason,
+            **head,
             "seconds": round(seconds, 2),
             "turns": self.turns,
             "rejoins": self.rejoins,
-            "uplink": {
-                "packets": uplink.packets,
-                "late": uplink.late,
-                "concealed": uplink.concealed,
-                "recovered": uplink.recovered,
-                "decode_errors": uplink.decode_errors,
-                "flood_dropped": uplink.flood_dropped,
-                "audio_s_sent": round(stats.audio_bytes_sent / 32000, 2),
-                "audio_s_per_call_s": round(stats.audio_bytes_sent / 32000 / max(seconds, 1e-3), 3),
-                "audio_s_resent": round(stats.audio_bytes_resent / 32000, 2),
-                "audio_s_dropped": round(stats.audio_bytes_dropped / 32000, 2),
-            },
-            "downlink": {"frames": self.track.frames_sent, "silent_frames": self.track.silent_frames},
-            "video": None
-            if self.video is None
-            else {**self.video.summary(), "tokens_reported": stats.video_tokens_reported},
-            "latency_ms": {
-                "uplink": percentiles(self.uplink_latency_s),
-                "downlink": percentiles(self.downlink_latency_s),
-                "bargein_stop": percentiles(self.bargein_stop_s),
-            },
-            "gemini": {
-                "connections": stats.connections,
-                "reconnects": stats.reconnects,
-                "goaways": stats.goaways,
-                "fresh_restarts": stats.fresh_restarts,
-                "tool_calls": stats.tool_calls,
-                "tokens": {
-                    "prompt": stats.prompt_tokens,
-                    "response": stats.response_tokens,
-                    "total": stats.total_tokens,
-                },
-            },
+            **media,
         }
 
     def counters(self) -> dict[str, float]:
         """Running totals, for the process's counters (metrics sum them over calls)."""
-        up = self.uplink.stats
-        s = self.session.stats
-        track = self.track
-        return {
-            "decoded": up.packets,
-            "late": up.late,
-            "concealed": up.concealed,
-            "recovered": up.recovered,
-            "decode_error": up.decode_errors,
-            "audio_frames": track.frames_sent - track.silent_frames,
-            "silent_frames": track.silent_frames,
-            "connections": s.connections,
-            "reconnects": s.reconnects,
-            "prompt": s.prompt_tokens,
-            "response": s.response_tokens,
-            "total": s.total_tokens,
-            "audio_s": s.audio_bytes_sent / 32000,
-            **({} if self.video is None else self.video.counters()),
-        }
+        return media_counters(self.session.stats, self.uplink.stats, self.track, self.video)
