@@ -81,7 +81,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
 def test_the_wheel_installs_only_the_parley_package(installed: Install) -> None:
     names = zipfile.ZipFile(installed.wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"parley", f"parley-{parley.__version__}.dist-info"}
-    for asset in ("index.html", "app.js", "widget.js", "parley-client.js", "style.css"):
+    web = Path(parley.__file__).parent / "web"
+    assets = [p.relative_to(web).as_posix() for p in web.rglob("*") if p.is_file()]
+    assert "client/signaling.js" in assets  # the modules in web/'s subfolders are package data too
+    for asset in assets:
         assert f"parley/web/{asset}" in names
     where = installed.run(str(installed.python), "-c", "import parley; print(parley.__file__)")
     assert where.stdout.strip().startswith(str(installed.root / "venv")), where

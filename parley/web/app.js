@@ -1,11 +1,12 @@
 // The join page: one call to the Parley server this page came from. The call logic is in
 // parley-client.js (shared with the widget); this file only draws it.
+import { Captions } from "./client/captions.js";
 import { ParleyClient, describe } from "./parley-client.js";
 
 const $ = (id) => document.getElementById(id);
 // A server that requires join tokens (PARLEY_JOIN_SECRET) is opened as /?token=...
 const client = new ParleyClient({ audio: $("agent"), token: new URLSearchParams(location.search).get("token") });
-const openCaption = { user: null, agent: null };
+const captions = new Captions($("captions"));
 
 // For tests and for anyone curious in the console.
 window.parleyDebug = { client };
@@ -13,23 +14,6 @@ window.parleyDebug = { client };
 function setStatus(state, message) {
   $("status").textContent = message;
   $("status").dataset.state = state;
-}
-
-function caption(role, text, final) {
-  let item = openCaption[role];
-  if (!item) {
-    item = document.createElement("li");
-    item.className = role;
-    const who = document.createElement("span");
-    who.className = "who-label";
-    who.textContent = role === "user" ? "You: " : "Agent: ";
-    item.append(who, document.createTextNode(""));
-    $("captions").append(item);
-    openCaption[role] = item;
-  }
-  item.lastChild.textContent += text;
-  if (final) openCaption[role] = null;
-  item.scrollIntoView({ block: "nearest" });
 }
 
 const ms = (value) => (typeof value === "number" ? `${value} ms` : "–");
@@ -52,19 +36,14 @@ client.addEventListener("state", ({ detail }) => {
   $("mute").disabled = !live;
   if (!live) {
     $("mute").setAttribute("aria-pressed", "false");
-    openCaption.user = null;
-    openCaption.agent = null;
+    captions.close();
     $("unlock").hidden = true;
   }
   if (detail.state === "ended" || detail.state === "error") $("call").focus();
 });
 
-client.addEventListener("transcript", ({ detail }) => caption(detail.role, detail.text, detail.final));
-client.addEventListener("event", ({ detail }) => {
-  if (detail.type === "interrupted" && openCaption.agent) {
-    caption("agent", " —", true);
-  }
-});
+client.addEventListener("transcript", ({ detail }) => captions.add(detail));
+client.addEventListener("event", ({ detail }) => { if (detail.type === "interrupted") captions.interrupted(); });
 client.addEventListener("speaking", ({ detail }) => {
   $("user-speaking").classList.toggle("on", detail.user);
   $("agent-speaking").classList.toggle("on", detail.agent);
@@ -88,7 +67,7 @@ client.addEventListener("devices", ({ detail }) => {
 });
 
 $("call").addEventListener("click", () => {
-  $("captions").replaceChildren();
+  captions.clear();
   showStats({});
   client.start({ deviceId: $("device").value });
 });

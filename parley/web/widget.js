@@ -11,6 +11,7 @@
 // `token` attribute).
 // No build step and no request anywhere but the Parley server; the server must list the page's origin
 // in PARLEY_ALLOWED_ORIGINS.
+import { Captions } from "./client/captions.js";
 import { ParleyClient } from "./parley-client.js";
 
 const SCRIPT_ORIGIN = new URL(import.meta.url).origin;
@@ -79,7 +80,7 @@ button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color:
 }
 .captions:empty { display: none; }
 .captions li { margin: .15rem 0; }
-.captions b { font-weight: 700; }
+.captions .who-label { font-weight: 700; }
 .actions { display: flex; gap: .5rem; justify-content: flex-end; }
 `;
 
@@ -124,7 +125,7 @@ class ParleyCall extends HTMLElement {
       agent: root.querySelector(".who.agent"),
       audio: root.querySelector("audio"),
     };
-    this._open = { user: null, agent: null };
+    this._captions = new Captions(this._els.captions, 20);
     this._els.call.addEventListener("click", () => this.start());
     this._els.hangup.addEventListener("click", () => this.hangUp());
     this._els.mute.addEventListener("click", () => this._toggleMute());
@@ -148,8 +149,7 @@ class ParleyCall extends HTMLElement {
   get server() { return this.getAttribute("server") || SCRIPT_ORIGIN; }
 
   start() {
-    this._els.captions.replaceChildren();
-    this._open = { user: null, agent: null };
+    this._captions.clear();
     return this.client.start();
   }
 
@@ -170,9 +170,10 @@ class ParleyCall extends HTMLElement {
     });
     client.addEventListener("transcript", ({ detail }) => {
       if (client !== this.client) return;
-      this._caption(detail);
+      this._captions.add(detail);
       this.dispatchEvent(new CustomEvent("parley-transcript", { detail, bubbles: true, composed: true }));
     });
+    client.addEventListener("event", ({ detail }) => { if (detail.type === "interrupted") this._captions.interrupted(); });
     client.addEventListener("speaking", ({ detail }) => {
       this._els.user.classList.toggle("on", detail.user);
       this._els.agent.classList.toggle("on", detail.agent);
@@ -202,22 +203,6 @@ class ParleyCall extends HTMLElement {
     }
     // Keep keyboard focus on a visible control, but never pull it away from the host page.
     if (this.shadowRoot.activeElement) (live ? this._els.hangup : this._els.call).focus();
-  }
-
-  _caption({ role, text, final }) {
-    let item = this._open[role];
-    if (!item) {
-      item = document.createElement("li");
-      const who = document.createElement("b");
-      who.textContent = role === "user" ? "You: " : "Agent: ";
-      item.append(who, document.createTextNode(""));
-      this._els.captions.append(item);
-      this._open[role] = item;
-      while (this._els.captions.children.length > 20) this._els.captions.firstElementChild.remove();
-    }
-    item.lastChild.textContent += text;
-    if (final) this._open[role] = null;
-    this._els.captions.scrollTop = this._els.captions.scrollHeight;
   }
 
   _toggleMute() {

@@ -88,7 +88,7 @@ async def test_an_allowed_origin_gets_cors_headers_and_preflights(shop_server: R
 
 async def test_scripts_are_public_and_the_rest_is_not_shared(url: str) -> None:
     async with aiohttp.ClientSession() as http:
-        for script in ("/widget.js", "/parley-client.js"):
+        for script in ("/widget.js", "/parley-client.js", "/client/signaling.js"):
             async with http.get(f"{url}{script}", headers={"Origin": SHOP}) as response:
                 assert response.status == 200
                 assert response.headers["Access-Control-Allow-Origin"] == "*"

@@ -1,0 +1,154 @@
+// What the page measures itself: who is speaking (from the levels of the microphone and of the
+// agent's audio), the voice-to-voice delay of each turn, and the connection's getStats().
+import { Meter } from "./media.js";
+
+const SPEECH_DB = -50; // a level above this is speech (dBFS)
+const SILENCE_DB = -56; // ... and below this, silence again (hysteresis)
+const SPEECH_START_MS = 120; // speech must last this long to count
+const USER_HANGOVER_MS = 350; // this much silence ends the user's speech
+const AGENT_HANGOVER_MS = 300;
+const TICK_MS = 20;
+const HISTORY = 1500; // level samples kept for debugging (30 s)
+
+export function median(values) {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/** The levels a call's debugging shows (parleyDebug.client.debug). */
+export function freshDebug() {
+  return { local: [], remote: [], localDb: -120, remoteDb: -120, agentLoudMs: 0, events: [] };
+}
+
+/**
+ * Speaking detection on two levels, one tick every TICK_MS. The user: a start guard, hysteresis and a
+ * hangover; the end of speech is the last loud moment. The agent, as heard: its first audio after the
+ * user's end of speech closes a turn.
+ */
+export class SpeakingDetector {
+  constructor(debug) {
+    this.debug = debug;
+    this.speaking = { user: false, agent: false };
+    this.loudSince = null;
+    this.lastLoud = 0;
+    this.userEnd = null;
+    this.agentLast = 0;
+  }
+
+  /** Returns {changed, turnMs}: whether who speaks changed, and a finished turn's delay (or null). */
+  tick(now, local, remote) {
+    const debug = this.debug;
+    debug.localDb = local;
+    debug.remoteDb = remote;
+    debug.local.push([Math.round(now), Math.round(local)]);
+    debug.remote.push([Math.round(now), Math.round(remote)]);
+    if (debug.local.length > HISTORY) debug.local.shift();
+    if (debug.remote.length > HISTORY) debug.remote.shift();
+    let { user, agent } = this.speaking;
+    let turnMs = null;
+
+    if (local > SPEECH_DB) {
+      this.loudSince ??= now;
+      this.lastLoud = now;
+      if (!user && now - this.loudSince >= SPEECH_START_MS) { user = true; this.userEnd = null; }
+    } else if (!user) {
+      this.loudSince = null;
+    }
+    if (user && local < SILENCE_DB && now - this.lastLoud >= USER_HANGOVER_MS) {
+      user = false;
+      this.loudSince = null;
+      this.userEnd = this.lastLoud;
+    }
+
+    if (remote > SPEECH_DB) {
+      debug.agentLoudMs += TICK_MS;
+      if (!agent) {
+        agent = true;
+        if (this.userEnd !== null && !user) {
+          turnMs = Math.round(now - this.userEnd);
+          this.userEnd = null;
+        }
+      }
+      this.agentLast = now;
+    } else if (agent && now - this.agentLast >= AGENT_HANGOVER_MS) {
+      agent = false;
+    }
+
+    const changed = user !== this.speaking.user || agent !== this.speaking.agent;
+    if (changed) this.speaking = { user, agent };
+    return { changed, turnMs };
+  }
+}
+
+/**
+ * The two level meters and the speaking detector, ticking every TICK_MS while a call has a microphone.
+ * onSpeaking({user, agent}) when who speaks changes; onTurn(ms) when the agent answers a turn.
+ */
+export class Levels {
+  constructor(context, debug, { muted, onSpeaking, onTurn }) {
+    this.context = context;
+    this.detector = new SpeakingDetector(debug);
+    this.muted = muted;
+    this.local = null;
+    this.remote = null;
+    this.timer = setInterval(() => {
+      const local = this.local && !this.muted() ? this.local.level() : -120;
+      const remote = this.remote ? this.remote.level() : -120;
+      const { changed, turnMs } = this.detector.tick(performance.now(), local, remote);
+      if (turnMs !== null) onTurn(turnMs);
+      if (changed) onSpeaking({ ...this.detector.speaking });
+    }, TICK_MS);
+  }
+
+  /** Measure this microphone stream from now on. */
+  setLocal(stream) {
+    this.local?.disconnect();
+    this.local = new Meter(this.context, stream);
+  }
+
+  /** Measure the agent's stream from now on. */
+  setRemote(stream) {
+    this.remote?.disconnect();
+    this.remote = new Meter(this.context, stream);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    this.local?.disconnect();
+    this.remote?.disconnect();
+    this.local = null;
+    this.remote = null;
+  }
+}
+
+/** One getStats() reading: round trip, the audio jitter buffer, loss and concealment. */
+export async function readStats(pc) {
+  const report = await pc.getStats();
+  let pairId = null;
+  let inbound = null;
+  const pairs = [];
+  report.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+    if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "audio") inbound = s;
+    if (s.type === "candidate-pair") pairs.push(s);
+  });
+  const pair = (pairId && report.get(pairId))
+    || pairs.find((p) => p.selected)
+    || pairs.find((p) => p.nominated && p.state === "succeeded");
+  const stats = {};
+  if (pair && typeof pair.currentRoundTripTime === "number") stats.rttMs = Math.round(pair.currentRoundTripTime * 1000);
+  if (inbound) {
+    if (inbound.jitterBufferEmittedCount) {
+      stats.jitterBufferMs = Math.round((inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000);
+    }
+    stats.packetsLost = inbound.packetsLost ?? 0;
+    stats.packetsReceived = inbound.packetsReceived ?? 0;
+    stats.concealedSamples = inbound.concealedSamples ?? 0;
+    if (inbound.totalSamplesReceived) {
+      stats.concealedPct = Math.round((1000 * (inbound.concealedSamples || 0)) / inbound.totalSamplesReceived) / 10;
+    }
+    if (typeof inbound.jitter === "number") stats.jitterMs = Math.round(inbound.jitter * 1000);
+  }
+  return stats;
+}
