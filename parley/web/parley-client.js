@@ -15,18 +15,19 @@
 //
 // Only standard APIs: getUserMedia, RTCPeerConnection, getStats, Web Audio (analysis only: the agent
 // plays from an <audio> element so the browser's echo canceller has it as its reference).
-// The parts live in client/: events.js (states, messages, errors), signaling.js (HTTP and connection
-// state), media.js (microphone, devices, playback), stats.js (speaking, voice-to-voice, getStats).
+// The parts live in client/: connection.js (the peer connection, call state, rejoining; the class this
+// one extends), events.js (states, messages, errors), signaling.js (HTTP and connection state),
+// media.js (microphone, devices, playback), stats.js (speaking, voice-to-voice, getStats).
+import { CallConnection } from "./client/connection.js";
 import { LIVE_STATES, ParleyError, describe, parseEvent, transcriptDetail } from "./client/events.js";
 import { microphones, openMic, play, unlock } from "./client/media.js";
-import { Signaling, connectionState, gathered, retry, waitConnected } from "./client/signaling.js";
 import { Levels, freshDebug, median, readStats } from "./client/stats.js";
 
 export { STATES, ParleyError, describe } from "./client/events.js";
 
 const CONNECT_TIMEOUT_MS = 20000; // from the answer to a working connection
 
-export class ParleyClient extends EventTarget {
+export class ParleyClient extends CallConnection {
   /**
    * @param {object} options
    * @param {string} [options.server] the server's base URL ("" or unset: this page's origin)
@@ -37,18 +38,8 @@ export class ParleyClient extends EventTarget {
    *   require one (PARLEY_JOIN_SECRET), or a function that fetches one; sent as `Authorization: Bearer`
    */
   constructor({ server = "", audio, reconnectGraceMs = 20000, disconnectedMs = 4000, token = null } = {}) {
-    super();
-    this.base = (server || globalThis.location?.origin || "").replace(/\/+$/, "");
-    this.signaling = new Signaling(this.base, token);
+    super({ server, token, reconnectGraceMs, disconnectedMs });
     this.audio = audio;
-    this.reconnectGraceMs = reconnectGraceMs;
-    this.disconnectedMs = disconnectedMs;
-    this.state = "idle";
-    this.reason = null;
-    this.config = null;
-    this.callId = null;
-    this.pc = null;
-    this.channel = null;
     this.mic = null;
     this.muted = false;
     this.deviceId = "";
@@ -59,24 +50,10 @@ export class ParleyClient extends EventTarget {
     this.speaking = { user: false, agent: false };
     this.debug = freshDebug();
     this._timers = [];
-    this._disconnectTimer = null;
-    this._reconnecting = null;
-    this._onOnline = () => this._maybeReconnectNow();
-    this._onPageHide = () => this._hangUpOnUnload();
     this._onAutoplay = (blocked) => this._emit("autoplay", { blocked });
   }
 
-  get token() { return this.signaling.token; }
-
-  set token(token) { this.signaling.token = token; }
-
   // --- public --------------------------------------------------------------------------------
-
-  /** GET /v1/config: {iceServers, emulator, model}. Throws ParleyError (unreachable, forbidden...). */
-  async loadConfig() {
-    this.config = await this.signaling.config();
-    return this.config;
-  }
 
   /** Start a call. Call it from a click or key handler: it unlocks audio playback first. */
   async start({ deviceId } = {}) {
@@ -99,8 +76,7 @@ export class ParleyClient extends EventTarget {
       this._connectTimer = setTimeout(() => {
         if (this.state === "connecting" && this.callId === id) this._connectFailed();
       }, CONNECT_TIMEOUT_MS);
-      globalThis.addEventListener?.("online", this._onOnline);
-      globalThis.addEventListener?.("pagehide", this._onPageHide);
+      this._watchPage();
     } catch (error) {
       this._teardown();
       if (this.state === "ended") return; // hung up while connecting
@@ -165,47 +141,12 @@ export class ParleyClient extends EventTarget {
     });
   }
 
-  /** This call's sender of one kind (its track may be null: the receiver's kind says which). */
-  _sender(kind) {
-    return this.pc?.getTransceivers().find((t) => t.receiver.track?.kind === kind)?.sender;
+  _addMedia(pc) {
+    this.mic.getAudioTracks().forEach((track) => pc.addTrack(track, this.mic));
   }
 
-  /** One peer connection and offer: POST /v1/calls (with `resume` when rejoining a call). */
-  async _connect(resumeId) {
-    const pc = new RTCPeerConnection({ iceServers: this.config?.iceServers || [] });
-    const old = this.pc;
-    this.pc = pc;
-    this.mic.getAudioTracks().forEach((track) => pc.addTrack(track, this.mic));
-    pc.addEventListener("track", (event) => {
-      if (pc !== this.pc) return;
-      this._playRemote(event.streams[0] || new MediaStream([event.track]));
-    });
-    const channel = pc.createDataChannel("events");
-    channel.addEventListener("message", (message) => { if (pc === this.pc) this._onEvent(message.data); });
-    this.channel = channel;
-    pc.addEventListener("connectionstatechange", () => this._onConnectionState(pc));
-    pc.addEventListener("iceconnectionstatechange", () => this._onConnectionState(pc));
-
-    await pc.setLocalDescription(await pc.createOffer());
-    await gathered(pc);
-    let answer;
-    try {
-      answer = await this.signaling.offer(pc.localDescription.sdp, resumeId);
-    } catch (error) {
-      if (pc === this.pc) this.pc = old;
-      pc.close();
-      throw error;
-    }
-    if (pc !== this.pc) {
-      // Hung up while the offer was on its way: end the call the server has just made.
-      pc.close();
-      if (answer.id && answer.id !== resumeId) this.signaling.hangUp(answer.id);
-      throw new ParleyError("refused", "superseded");
-    }
-    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-    if (old && old !== pc) old.close(); // the server has moved the call over to this one
+  async _connected() {
     this._startStats();
-    return answer;
   }
 
   _playRemote(stream) {
@@ -214,77 +155,6 @@ export class ParleyClient extends EventTarget {
       play(this.audio, this._onAutoplay);
     }
     this.levels?.setRemote(stream);
-  }
-
-  // --- connection state and reconnection -----------------------------------------------------
-
-  _onConnectionState(pc) {
-    if (pc !== this.pc || this._reconnecting) return;
-    if (!LIVE_STATES.includes(this.state)) return;
-    const state = connectionState(pc);
-    if (state === "connected") {
-      clearTimeout(this._disconnectTimer);
-      this._disconnectTimer = null;
-      this._everConnected = true;
-      if (this.state === "connecting" || this.state === "reconnecting") this._setState("in-call", null, this._resumed ? "resumed" : undefined);
-      return;
-    }
-    if (state === "failed") {
-      this._connectionLost();
-    } else if (state === "disconnected" && !this._disconnectTimer) {
-      // Often a blip that heals by itself; if it lasts, rejoin over a new connection.
-      this._disconnectTimer = setTimeout(() => {
-        this._disconnectTimer = null;
-        if (pc === this.pc && connectionState(pc) !== "connected") this._connectionLost();
-      }, this.disconnectedMs);
-    }
-  }
-
-  _connectionLost() {
-    // A call that never connected is not rejoined: the network likely blocks it.
-    if (this._everConnected) this._reconnect();
-    else this._connectFailed();
-  }
-
-  _connectFailed() {
-    const callId = this.callId;
-    this._teardown();
-    if (callId) this.signaling.hangUp(callId);
-    this._setState("error", "connect-failed", describe("error", "connect-failed"));
-  }
-
-  _maybeReconnectNow() {
-    // Back online (often on another network): a connection still down is rejoined now.
-    const state = this.pc && connectionState(this.pc);
-    if (this.state === "in-call" && (state === "disconnected" || state === "failed")) this._reconnect();
-  }
-
-  /** Join the same call over a new peer connection, for up to reconnectGraceMs. */
-  _reconnect() {
-    if (this._reconnecting || !this.callId) return;
-    clearTimeout(this._disconnectTimer);
-    this._disconnectTimer = null;
-    this._setState("reconnecting");
-    const deadline = performance.now() + this.reconnectGraceMs;
-    const previous = this.callId;
-    this._reconnecting = (async () => {
-      const rejoined = await retry(deadline, () => this.state === "reconnecting", async () => {
-        const answer = await this._connect(previous);
-        if (this.state !== "reconnecting") return true;
-        this._resumed = true;
-        if (answer.id && answer.id !== previous) this._emit("event", { type: "resume_refused", previous, id: answer.id });
-        this.callId = answer.id || previous;
-        return waitConnected(this.pc, Math.max(1000, deadline - performance.now()));
-      });
-      this._reconnecting = null;
-      if (this.state !== "reconnecting") return;
-      if (rejoined) {
-        this._setState("in-call", null, "resumed");
-      } else {
-        this._teardown();
-        this._setState("ended", "connection_lost");
-      }
-    })();
   }
 
   // --- data channel events -------------------------------------------------------------------
@@ -359,11 +229,6 @@ export class ParleyClient extends EventTarget {
     this._emit("devices", { devices, deviceId: current });
   }
 
-  _hangUpOnUnload() {
-    // Leaving the page: tell the server now, the request outlives the page.
-    if (this.callId && LIVE_STATES.includes(this.state)) this.signaling.hangUp(this.callId, { keepalive: true });
-  }
-
   _reset() {
     this.turns = [];
     this.stats = {};
@@ -378,15 +243,7 @@ export class ParleyClient extends EventTarget {
     this._timers.forEach((timer) => clearInterval(timer));
     this._timers = [];
     this._statsTimer = null;
-    clearTimeout(this._disconnectTimer);
-    this._disconnectTimer = null;
-    clearTimeout(this._connectTimer);
-    globalThis.removeEventListener?.("online", this._onOnline);
-    globalThis.removeEventListener?.("pagehide", this._onPageHide);
-    const pc = this.pc;
-    this.pc = null;
-    this.channel = null;
-    pc?.close();
+    this._closeConnection();
     this.mic?.getTracks().forEach((track) => track.stop());
     this.mic = null;
     this.levels?.stop();
@@ -398,14 +255,4 @@ export class ParleyClient extends EventTarget {
     }
   }
 
-  _setState(state, reason = null, extra = undefined) {
-    this.state = state;
-    this.reason = reason;
-    const message = typeof extra === "string" && state === "error" ? extra : describe(state, reason, extra);
-    this._emit("state", { state, reason, message, callId: this.callId });
-  }
-
-  _emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
-  }
 }
