@@ -100,6 +100,12 @@ def _worker(args: argparse.Namespace) -> None:
     run_worker_command(args)
 
 
+def _db(args: argparse.Namespace) -> None:
+    from parley.processes import run_db_command
+
+    run_db_command(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Talk to Gemini Live over WebRTC.")
     parser.add_argument("--log-level", default="INFO")
@@ -156,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     _worker_arguments(worker)
     worker.set_defaults(run=_worker)
 
+    db = commands.add_parser("db", help="the call records database (PARLEY_DATABASE_URL)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="run the migrations (start-up also runs them)")
+    upgrade.add_argument("--database-url", default=None, help="instead of PARLEY_DATABASE_URL")
+    db.set_defaults(run=_db)
+
     args = parser.parse_args(argv)
     missing = libopus_missing()
     if missing is not None:
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("aioice", "aiortc", "websockets", "google_genai", "httpx"):
+    for noisy in ("aioice", "aiortc", "websockets", "google_genai", "httpx", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.run(args)
 

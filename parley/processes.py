@@ -30,9 +30,11 @@ from parley.fleet.host import RedisCallHost
 from parley.fleet.monitor import default_worker_id
 from parley.fleet.options import FleetOptions
 from parley.fleet.rpc_server import FleetWorker
+from parley.records.service import Records
 from parley.settings import Settings
 from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
 from parley.signaling.app import create_app
+from parley.signaling.records_api import CallRecords
 
 logger = logging.getLogger("parley")
 
@@ -151,9 +153,11 @@ async def run_worker(
     """Run one worker process until SIGTERM (drain) or SIGINT (end calls now). Returns the exit status."""
     from parley.server import build_agent
 
-    agent = await build_agent(settings, tools, max_calls=settings.max_calls or DEFAULT_WORKER_CALLS)
-    worker, metrics = agent.worker, agent.metrics
     worker_id = worker_id or settings.worker_id or default_worker_id()
+    agent = await build_agent(
+        settings, tools, max_calls=settings.max_calls or DEFAULT_WORKER_CALLS, worker_name=worker_id
+    )
+    worker, metrics = agent.worker, agent.metrics
     if settings.turn_secret:
         worker.ice_server_source = ice_server_source(
             settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, worker_id
@@ -180,6 +184,8 @@ async def run_worker(
             await runner.cleanup()
         if agent.emulator is not None:
             await agent.emulator.stop()
+        if agent.records is not None:
+            await agent.records.stop()
 
     await fleet.start()
     await until_signalled(cleanup, lambda: fleet.drain(settings.drain_timeout_s), end_now)
@@ -189,7 +195,9 @@ async def run_worker(
 # --- parley signaling ---------------------------------------------------------------------------
 
 
-def create_fleet_app(settings: Settings, host: RedisCallHost) -> web.Application:
+def create_fleet_app(
+    settings: Settings, host: RedisCallHost, records: CallRecords | None = None
+) -> web.Application:
     from parley.server import page_config_source, web_root
 
     # The same front door as `parley serve`: allowed origins, join tokens and the rate limit. (Token
@@ -200,6 +208,8 @@ def create_fleet_app(settings: Settings, host: RedisCallHost) -> web.Application
         page_config_source(settings, lambda: any(w.backend == "emulator" for w in host.workers.values())),
         allowed_origins=settings.allowed_origins,
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
+        records=records,
+        admin_token=settings.admin_token,
     )
 
     async def readyz(request: web.Request) -> web.Response:
@@ -219,18 +229,26 @@ class RunningSignaling:
     runner: web.AppRunner
     host: RedisCallHost
     port: int
+    records: Records | None = None
 
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.host.close()
+        if self.records is not None:
+            await self.records.stop()
 
 
 async def start_signaling(settings: Settings) -> RunningSignaling:
+    from parley.server import open_records
+
     host = RedisCallHost(fleet_options(settings))
     await host.start()
+    records = await open_records(settings)
     # On shutdown, requests in flight get as long as a dispatch may take.
     runner = web.AppRunner(
-        create_fleet_app(settings, host), access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1
+        create_fleet_app(settings, host, records),
+        access_log=None,
+        shutdown_timeout=settings.dispatch_timeout_s + 1,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -239,7 +257,7 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
     logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
     if settings.join_secret is None:
         logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
-    return RunningSignaling(runner, host, port)
+    return RunningSignaling(runner, host, port, records)
 
 
 def _safe_url(settings: Settings) -> str:
@@ -265,3 +283,30 @@ def run_signaling_command(args: argparse.Namespace) -> None:
 async def serve_signaling(settings: Settings) -> None:
     running = await start_signaling(settings)
     await until_signalled(running.stop)
+
+
+# --- parley db ----------------------------------------------------------------------------------
+
+
+def run_db_command(args: argparse.Namespace) -> None:
+    from parley.records.database import DatabaseUrlError, make_engine, safe_url, upgrade
+
+    settings = Settings.from_env()
+    url = args.database_url or settings.database_url
+    if not url:
+        raise SystemExit("no database: set PARLEY_DATABASE_URL (or pass --database-url)")
+
+    async def migrate() -> str | None:
+        engine = make_engine(url)
+        try:
+            return await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        revision = asyncio.run(migrate())
+    except DatabaseUrlError as exc:
+        raise SystemExit(str(exc)) from None
+    except Exception as exc:
+        raise SystemExit(f"could not migrate {safe_url(url)}: {type(exc).__name__}: {exc}") from None
+    print(f"{safe_url(url)}: schema at revision {revision}")

@@ -24,12 +24,15 @@ from parley.agent.gemini import SessionConfig, gemini_sessions
 from parley.agent.ice import offer_host_addresses
 from parley.agent.loopback import loopback_sessions
 from parley.agent.metrics import Metrics
+from parley.agent.observer import CallObserver, Observers
 from parley.agent.session import SessionFactory
 from parley.agent.tools import ToolRegistry
 from parley.agent.turn_credentials import ice_server_source
 from parley.agent.video import VideoOptions
 from parley.agent.worker import Worker
 from parley.emulator.server import GeminiEmulator
+from parley.records.service import Records, RecordsOptions
+from parley.records.writer import WriterMetrics
 from parley.settings import GEMINI_ENV_KEYS, Settings
 from parley.signaling.access import call_admission, parse_rate
 from parley.signaling.app import PageConfig, add_metrics_route, create_app
@@ -141,6 +144,32 @@ def call_options(settings: Settings) -> CallOptions:
     )
 
 
+def records_options(settings: Settings) -> RecordsOptions | None:
+    if not settings.database_url:
+        return None
+    return RecordsOptions(
+        database_url=settings.database_url,
+        retention_days=settings.retention_days,
+        record_client_address=settings.record_client_address,
+        queue_size=settings.records_queue,
+        prices=settings.prices,
+    )
+
+
+async def open_records(settings: Settings) -> Records | None:
+    """The call records database, migrated and with its writer running; None when records are off."""
+    options = records_options(settings)
+    if options is None:
+        return None
+    records = Records(options)
+    try:
+        await records.start()
+    except BaseException:
+        await records.engine.dispose()
+        raise
+    return records
+
+
 @dataclass
 class Running:
     """A started server, for tests and for `serve` to shut down."""
@@ -152,6 +181,7 @@ class Running:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     metrics: Metrics | None = None
     session_config: SessionConfig | None = None
+    records: Records | None = None
 
     async def stop(self) -> None:
         for task in self.background:
@@ -160,6 +190,8 @@ class Running:
         await self.runner.cleanup()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.records is not None:
+            await self.records.stop()  # after the calls: their last writes go out first
         if self.emulator is not None:
             await self.emulator.stop()
 
@@ -174,6 +206,7 @@ class Agent:
     background: list[asyncio.Task[None]]
     metrics: Metrics
     session_config: SessionConfig  # what every Gemini session of this process is made with
+    records: Records | None = None
 
 
 async def build_agent(
@@ -181,6 +214,7 @@ async def build_agent(
     tools: ToolRegistry | None = None,
     emulator: GeminiEmulator | None = None,
     max_calls: int | None = None,
+    worker_name: str = "serve",
 ) -> Agent:
     """The Gemini backend `settings` ask for (an in-process emulator when no key is set) and a worker on it.
     An `emulator` passed in (tests) is used as it is."""
@@ -206,7 +240,12 @@ async def build_agent(
         sessions = gemini_sessions(client, config)
     metrics = Metrics()
     options = call_options(settings)
-    options.observer = metrics
+    records = await open_records(settings)
+    observers: list[CallObserver] = [metrics]
+    if records is not None:
+        observers.append(records.recorder(worker_name, settings.model))
+        metrics.registry.register(WriterMetrics(records.writer))
+    options.observer = Observers(observers)
     if backend == "loopback":
         options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
     worker = Worker(
@@ -214,7 +253,7 @@ async def build_agent(
         options,
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
-    return Agent(worker, backend, own_emulator, background, metrics, config)
+    return Agent(worker, backend, own_emulator, background, metrics, config, records)
 
 
 async def start(
@@ -235,6 +274,8 @@ async def start(
         page_config_source(settings, lambda: offline),
         allowed_origins=settings.allowed_origins,
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
+        records=agent.records,
+        admin_token=settings.admin_token,
     )
     if settings.join_secret is None:
         logger.warning(
@@ -258,4 +299,6 @@ async def start(
         backend,
         settings.model,
     )
-    return Running(runner, worker, agent.emulator, port, agent.background, metrics, agent.session_config)
+    return Running(
+        runner, worker, agent.emulator, port, agent.background, metrics, agent.session_config, agent.records
+    )

@@ -11,7 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from parley.records.cost import DEFAULT_PRICES, parse_prices
+
 GEMINI_ENV_KEYS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+DEFAULT_DATABASE_URL = "sqlite:///parley.db"
 
 
 def _env_float(name: str, default: float) -> float:
@@ -120,6 +123,16 @@ class Settings:
     video_idle_fps: float = 0.5
     video_max_side: int = 768
     video_media_resolution: str | None = None  # LOW, MEDIUM, HIGH; None: the service's default
+    # Call records (parley/records/): None keeps none. From the environment the default is a file in the
+    # working directory (DEFAULT_DATABASE_URL), "none" keeps none.
+    database_url: str | None = None
+    admin_token: str | None = field(default=None, repr=False)  # reading records; None: loopback only
+    retention_days: float = 0.0  # 0: records are kept until deleted by hand
+    record_client_address: bool = False
+    record_audio: bool = False
+    recordings_dir: str = "recordings"
+    records_queue: int = 10000  # record writes waiting for the database, at most
+    prices: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -170,9 +183,27 @@ class Settings:
         if resolution not in (None, "LOW", "MEDIUM", "HIGH"):
             raise SystemExit(f"PARLEY_VIDEO_MEDIA_RESOLUTION must be LOW, MEDIUM or HIGH, got {resolution!r}")
         s.video_media_resolution = resolution
+        s.read_records_env()
         if not (0 < s.video_fps <= 30 and 0 < s.video_idle_fps and 16 <= s.video_max_side <= 4096):
             raise SystemExit("PARLEY_VIDEO_FPS/IDLE_FPS must be above 0 (FPS at most 30), MAX_SIDE 16..4096")
         return s
+
+    def read_records_env(self) -> None:
+        url = os.environ.get("PARLEY_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+        self.database_url = None if url.lower() in ("none", "off") else url
+        self.admin_token = os.environ.get("PARLEY_ADMIN_TOKEN") or None
+        self.retention_days = _env_float("PARLEY_RETENTION_DAYS", self.retention_days)
+        self.record_client_address = _env_bool("PARLEY_RECORD_CLIENT_ADDRESS", self.record_client_address)
+        self.record_audio = _env_bool("PARLEY_RECORD_AUDIO", self.record_audio)
+        self.recordings_dir = os.environ.get("PARLEY_RECORDINGS_DIR") or self.recordings_dir
+        self.records_queue = int(_env_float("PARLEY_RECORDS_QUEUE", self.records_queue))
+        if os.environ.get("PARLEY_PRICES"):
+            try:
+                self.prices = parse_prices(os.environ["PARLEY_PRICES"])
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
+        if self.retention_days < 0 or self.records_queue < 1:
+            raise SystemExit("PARLEY_RETENTION_DAYS must be 0 or more, PARLEY_RECORDS_QUEUE 1 or more")
 
     def resolved_backend(self) -> str:
         if self.backend == "auto":

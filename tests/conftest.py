@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -14,6 +15,8 @@ from parley.settings import Settings
 
 # Tests talk over loopback only: no other address of this machine is ever a target.
 offer_host_addresses(["127.0.0.1"])
+# Servers keep no call records unless a test asks (tests/test_records.py): none in the working directory.
+os.environ.setdefault("PARLEY_DATABASE_URL", "none")
 
 
 @pytest.fixture

@@ -86,6 +86,8 @@ def test_the_wheel_installs_only_the_parley_package(installed: Install) -> None:
     assert "client/signaling.js" in assets  # the modules in web/'s subfolders are package data too
     for asset in assets:
         assert f"parley/web/{asset}" in names
+    migrations = "parley/records/migrations"
+    assert {f"{migrations}/env.py", f"{migrations}/versions/0001_calls.py"} <= set(names)
     where = installed.run(str(installed.python), "-c", "import parley; print(parley.__file__)")
     assert where.stdout.strip().startswith(str(installed.root / "venv")), where
 
@@ -130,6 +132,8 @@ async def test_the_installed_server_serves_the_page_and_the_widget(installed: In
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+    # Call records need no set-up: the default database was made, and migrated from the wheel's own files.
+    assert (installed.root / "parley.db").stat().st_size > 0
 
 
 COMMANDS = [

@@ -109,7 +109,10 @@ class Call:
         return self._end_reason
 
     def _move(self, state: CallState) -> None:
+        moved = state is not self.state
         self.state = advance(self.state, state)
+        if moved:
+            self._observer.call_state(self, state)
 
     def _measured(self, measure: Measure, seconds: float) -> None:
         self._observer.latency(self, measure, seconds)
@@ -273,6 +276,9 @@ class Call:
 
     def on_transcript(self, role: str, text: str, finished: bool) -> None:
         self.emit("transcript", role="user" if role == "user" else "agent", text=text, final=finished)
+
+    def on_observed(self, kind: str, detail: dict[str, Any]) -> None:
+        self._observer.call_event(self, kind, detail)
 
     def on_session_event(self, kind: str, detail: dict[str, Any]) -> None:
         logger.info("call %s: gemini %s %s", self.id[:8], kind, detail)

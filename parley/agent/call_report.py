@@ -62,6 +62,8 @@ def media_summary(
                 "prompt": stats.prompt_tokens,
                 "response": stats.response_tokens,
                 "total": stats.total_tokens,
+                "input": dict(stats.input_tokens),
+                "output": dict(stats.output_tokens),
             },
         },
     }

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from parley.agent.session import SessionEnded, SessionFactory, SessionListener, SessionStats
 from parley.agent.tools import ToolRegistry
+from parley.agent.usage import add_modalities, grounding_sources
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +366,10 @@ class GeminiSession:
                 self._record(
                     "model", content.output_transcription.text, bool(content.output_transcription.finished)
                 )
+            if content.grounding_metadata is not None:
+                sources = grounding_sources(content.grounding_metadata)
+                if sources:
+                    self._listener.on_observed("grounding", {"sources": sources})
             if content.interrupted:
                 conn.generating = False
                 self._listener.on_interrupted()
@@ -399,6 +404,8 @@ class GeminiSession:
             for detail in usage.prompt_tokens_details or []:
                 if detail.modality in (types.MediaModality.VIDEO, types.MediaModality.IMAGE):
                     self.stats.video_tokens_reported += detail.token_count or 0
+            add_modalities(self.stats.input_tokens, usage.prompt_tokens_details)
+            add_modalities(self.stats.output_tokens, usage.response_tokens_details)
 
     def _record(self, role: str, text: str, finished: bool) -> None:
         if self._transcript and self._transcript[-1][0] == role:
@@ -417,6 +424,9 @@ class GeminiSession:
                 call.name or "", call.args or {}, self._config.tool_timeout_s
             )
             conn.tool_tasks.pop(call_id, None)
+            self._listener.on_observed(
+                "tool_result", {"id": call_id, "name": call.name, "args": call.args or {}, "result": result}
+            )
             try:
                 await conn.live.send_tool_response(
                     function_responses=[

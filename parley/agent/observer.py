@@ -1,7 +1,9 @@
 """What a call reports to whoever watches it (metrics, records, traces), through one narrow door.
 
-A `Call` tells its `CallObserver` when it starts and ends, every event it sends the caller (transcripts,
-turns, interruptions, Gemini session events, tool calls), and each latency it measures. Observers read
+A `Call` tells its `CallObserver` when it starts and ends, each state it moves to, every event it sends
+the caller (transcripts, turns, interruptions, Gemini session events, tool calls) plus some only
+observers hear ("tool_result" with arguments and result, "grounding" with sources), and each latency it
+measures. Observers read
 a call only through `CallView`; none of them reaches into the call, its session or its media path.
 Observer methods run on the event loop, inside the media path: they must return at once (queue any
 real work).
@@ -48,6 +50,9 @@ class CallObserver:
     def latency(self, call: CallView, measure: Measure, seconds: float) -> None:
         pass
 
+    def call_state(self, call: CallView, state: str) -> None:
+        """The call moved to `state` (parley/agent/call_state.py: connecting, active, reconnecting...)."""
+
     def call_ended(self, call: CallView) -> None:
         pass
 
@@ -86,6 +91,13 @@ class Observers(CallObserver):
                 observer.latency(call, measure, seconds)
             except Exception:
                 self._failure(i, f"{measure} latency")
+
+    def call_state(self, call: CallView, state: str) -> None:
+        for i, observer in enumerate(self._observers):
+            try:
+                observer.call_state(call, state)
+            except Exception:
+                self._failure(i, "call state")
 
     def call_ended(self, call: CallView) -> None:
         for i, observer in enumerate(self._observers):

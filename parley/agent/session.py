@@ -7,7 +7,7 @@ A call makes its session through a `SessionFactory` handed to the worker, feeds 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -19,6 +19,8 @@ class SessionListener(Protocol):
     def on_session_event(self, kind: str, detail: dict[str, Any]) -> None: ...
     def on_audio_sent(self, latency_s: float) -> None:
         """A chunk of caller audio left for the model `latency_s` after its first packet arrived."""
+    def on_observed(self, kind: str, detail: dict[str, Any]) -> None:
+        """For the call's observers only, never the caller: tool arguments and results, grounding."""
 
 
 @dataclass
@@ -37,6 +39,9 @@ class SessionStats:
     video_frames_sent: int = 0
     video_bytes_sent: int = 0
     video_tokens_reported: int = 0  # VIDEO/IMAGE prompt tokens in the service's usageMetadata
+    # usageMetadata's promptTokensDetails/responseTokensDetails summed: {"AUDIO": n, "TEXT": n, ...}
+    input_tokens: dict[str, int] = field(default_factory=dict)
+    output_tokens: dict[str, int] = field(default_factory=dict)
 
 
 class SessionEnded(Exception):

@@ -1,7 +1,7 @@
 """The signaling server: WHIP-style call set-up over HTTP, the web page, and health.
 
 POST   /v1/calls        SDP offer in (application/sdp or JSON) -> 201, Location, SDP answer
-GET    /v1/calls/{id}   the call's state and counters
+GET    /v1/calls/{id}   the call's state and counters (an ended call's record: signaling/records_api.py)
 DELETE /v1/calls/{id}   hang up -> 204
 GET    /healthz         liveness and load
 GET    /v1/config       what the page needs to know (ICE servers, offline emulator mode)
@@ -24,6 +24,7 @@ from parley.agent.sdp import OfferError
 from parley.agent.worker import CallNotFound, WorkerBusy
 from parley.signaling.access import JOIN_CLAIMS
 from parley.signaling.errors import bad_request, error
+from parley.signaling.records_api import RECORDS, CallRecords, add_record_routes, recorded_call
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ async def create_call(request: web.Request) -> web.Response:
         return error(exc.status, exc.message)
     except WorkerBusy as exc:
         return error(503, f"busy: {exc.message}", **{"Retry-After": str(exc.retry_after_s)})
+    records = request.app.get(RECORDS)
+    if records is not None and resume is None:
+        records.note_call(call_id, request.headers.get("Origin"), request.remote)
     location = f"/v1/calls/{call_id}"
     if as_json:
         return web.json_response(
@@ -121,8 +125,11 @@ async def create_call(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
     try:
-        return web.json_response(await request.app[CALL_HOST].describe_call(request.match_info["call_id"]))
+        return web.json_response(await request.app[CALL_HOST].describe_call(call_id))
+    except CallNotFound:
+        return await recorded_call(request, call_id)  # ended: its record, if records are kept
     except Exception as exc:
         return call_error(exc)
 
@@ -217,6 +224,8 @@ def create_app(
     page_config_source: PageConfig,
     allowed_origins: list[str] | None = None,
     admission: Middleware | None = None,
+    records: CallRecords | None = None,
+    admin_token: str | None = None,
 ) -> web.Application:
     # aiohttp's own body limit answers 413 for any route that reads a body.
     middlewares = [origin_guard(allowed_origins or [])]
@@ -228,6 +237,8 @@ def create_app(
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_delete("/v1/calls/{call_id}", delete_call)
+    if records is not None:
+        add_record_routes(app, records, admin_token)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/config", page_config)
     if web_root is not None and web_root.is_dir():

@@ -1,0 +1,108 @@
+"""The database: URLs, the async engine, and migrations (Alembic, shipped inside this package).
+
+URLs are SQLAlchemy's. `sqlite:///path` and `postgresql://...` name no async driver; they are given
+aiosqlite and asyncpg, the drivers installed with Parley.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+class DatabaseUrlError(ValueError):
+    pass
+
+
+def async_url(url: str) -> str:
+    """The URL with an async driver named; a clear error for one that is not a database URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(f"not a database URL: {safe_url(url)!r}") from None
+    driver = ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is not None:
+        parsed = parsed.set(drivername=driver)
+    if parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise DatabaseUrlError(
+            f"unsupported database {parsed.drivername!r}: use sqlite:///path or postgresql://..."
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for log lines and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable>"
+
+
+def make_engine(url: str, connect_timeout_s: float = 5.0) -> AsyncEngine:
+    url = async_url(url)
+    parsed = make_url(url)
+    args: dict[str, Any] = {}
+    if parsed.drivername.startswith("sqlite"):
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        args["connect_args"] = {"timeout": connect_timeout_s}
+    else:
+        # A stopped or unreachable server fails each attempt quickly; the writer retries.
+        args["connect_args"] = {"timeout": connect_timeout_s, "command_timeout": 3 * connect_timeout_s}
+        args["pool_pre_ping"] = True
+        args["pool_size"] = 2
+        args["max_overflow"] = 2
+    engine = create_async_engine(url, **args)
+    if parsed.drivername.startswith("sqlite"):
+        # Several processes (signaling, workers) may share one file: WAL lets readers go on while one writes.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(connect_timeout_s * 1000)}")
+            cursor.close()
+
+    return engine
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(_config(connection), "head")
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+async def upgrade(engine: AsyncEngine) -> str | None:
+    """Bring the schema to the newest revision; returns it."""
+    async with engine.begin() as connection:
+        await connection.run_sync(_upgrade)
+        return await connection.run_sync(_current)

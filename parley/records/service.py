@@ -1,0 +1,173 @@
+"""The records of one process: the database, its writer, retention, and the calls as the API shows them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from parley.records.cost import DEFAULT_PRICES, Prices
+from parley.records.database import make_engine, safe_url, upgrade
+from parley.records.recorder import CallRecorder
+from parley.records.store import CallQuery, CallStore, CallUpdate, DeleteBefore
+from parley.records.writer import RecordWriter
+
+logger = logging.getLogger(__name__)
+
+RETENTION_SWEEP_S = 3600.0
+TRANSCRIPT_KINDS = frozenset({"utterance", "tool_call", "tool_result", "grounding"})
+
+
+@dataclass
+class RecordsOptions:
+    database_url: str
+    retention_days: float = 0.0  # 0: kept until deleted by hand
+    record_client_address: bool = False
+    queue_size: int = 10000
+    recordings_dir: str | None = None  # where recordings are (None: recordings are off)
+    prices: Prices = field(default_factory=lambda: DEFAULT_PRICES)
+    retry_max_s: float = 10.0
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Records:
+    def __init__(self, options: RecordsOptions) -> None:
+        self.options = options
+        self.engine = make_engine(options.database_url)
+        self.store = CallStore(self.engine)
+        self.writer = RecordWriter(self.store.apply, options.queue_size, retry_max_s=options.retry_max_s)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, migrate: bool = True) -> None:
+        if migrate:
+            revision = await upgrade(self.engine)
+            logger.info("call records in %s (schema %s)", safe_url(self.options.database_url), revision)
+        self.writer.start()
+        if self.options.retention_days > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="records-retention")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.writer.stop()
+        await self.engine.dispose()
+
+    def recorder(self, worker: str, model: str | None) -> CallRecorder:
+        def recording(call_id: str) -> str | None:
+            return f"{call_id}.ogg" if self.options.recordings_dir else None
+
+        return CallRecorder(self.writer.submit, worker, model, self.options.prices, recording)
+
+    # --- from the signaling side ----------------------------------------------------------------
+
+    def note_call(self, call_id: str, origin: str | None, client_address: str | None) -> None:
+        """What only the HTTP front door knows of a new call: the page's origin and the client's address."""
+        columns: dict[str, Any] = {"origin": (origin or None) and origin[:512]}
+        if self.options.record_client_address:
+            columns["client_address"] = client_address
+        self.writer.submit(CallUpdate(call_id, columns))
+
+    # --- retention ------------------------------------------------------------------------------
+
+    async def sweep(self, now: float | None = None) -> None:
+        """Delete records and recordings older than the retention period."""
+        cutoff = (now or time.time()) - self.options.retention_days * 86400
+        if self.options.recordings_dir:
+            names = set(await self.store.recordings_before(cutoff))
+            await asyncio.to_thread(delete_recordings, Path(self.options.recordings_dir), names, cutoff)
+        self.writer.submit(DeleteBefore(cutoff))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database may be down: the next sweep catches up
+                logger.warning("records retention sweep failed: %s", type(exc).__name__)
+            await asyncio.sleep(RETENTION_SWEEP_S)
+
+    # --- reading, shaped for the API --------------------------------------------------------------
+
+    async def describe(self, call_id: str) -> dict[str, Any] | None:
+        row = await self.store.get_call(call_id)
+        return None if row is None else self._present(row, full=True)
+
+    async def list_calls(self, **filters: Any) -> dict[str, Any]:
+        """A page of calls: agent, reason, since, until (Unix seconds), limit, cursor (CallQuery's fields)."""
+        rows, cursor = await self.store.list_calls(CallQuery(**filters))
+        return {"calls": [self._present(row, full=False) for row in rows], "next_cursor": cursor}
+
+    async def transcript(self, call_id: str) -> dict[str, Any] | None:
+        row = await self.store.get_call(call_id)
+        if row is None:
+            return None
+        transcript: list[dict[str, Any]] = []
+        timeline: list[dict[str, Any]] = []
+        for event in await self.store.events(call_id):
+            at = event["at"]
+            entry: dict[str, Any] = {"at": iso(at), "t": round(at, 3), "kind": event["kind"]}
+            if event["kind"] == "utterance":
+                entry.update(role=event["role"], text=event["text"], interrupted=bool(event["interrupted"]))
+            elif event["data"]:
+                entry.update(event["data"])
+            (transcript if event["kind"] in TRANSCRIPT_KINDS else timeline).append(entry)
+        return {"id": call_id, "transcript": transcript, "timeline": timeline}
+
+    async def recording(self, call_id: str) -> Path | None:
+        folder = self.options.recordings_dir
+        row = await self.store.get_call(call_id)
+        if folder is None or row is None or not row.get("recording"):
+            return None
+        path = Path(folder) / Path(str(row["recording"])).name
+        return path if await asyncio.to_thread(path.is_file) else None
+
+    def _present(self, row: dict[str, Any], full: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": row["id"],
+            "state": "ended" if row.get("ended_at") is not None else "live",
+            "agent": row.get("agent"),
+            "origin": row.get("origin"),
+            "client_address": row.get("client_address"),
+            "worker": row.get("worker"),
+            "model": row.get("model"),
+            "started_at": iso(row.get("started_at")),
+            "connected_at": iso(row.get("connected_at")),
+            "ended_at": iso(row.get("ended_at")),
+            "duration_s": row.get("duration_s"),
+            "end_reason": row.get("end_reason"),
+            "turns": row.get("turns"),
+            "rejoins": row.get("rejoins"),
+            "gemini": {
+                "connections": row.get("connections"),
+                "goaways": row.get("goaways"),
+                "reconnects": row.get("reconnects"),
+                "fresh_sessions": row.get("fresh_sessions"),
+                "tool_calls": row.get("tool_calls"),
+            },
+            "tokens": row.get("tokens"),
+            "cost_usd": row.get("cost_usd"),
+            "latency": row.get("latency"),
+            "recording": f"/v1/calls/{row['id']}/recording" if row.get("recording") else None,
+        }
+        if full:
+            out["summary"] = row.get("summary")
+        return out
+
+
+def delete_recordings(folder: Path, names: set[str], cutoff: float) -> None:
+    """Recordings of the calls named, and any older than `cutoff` (Unix seconds)."""
+    for path in folder.glob("*.ogg") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if path.name in names or path.stat().st_mtime < cutoff:
+                path.unlink()
