@@ -29,6 +29,7 @@ from parley.agent.session import SessionFactory
 from parley.agent.tools import ToolRegistry
 from parley.agent.turn_credentials import ice_server_source
 from parley.agent.video import VideoOptions
+from parley.agent.warmup import warm_up
 from parley.agent.worker import Worker
 from parley.emulator.server import GeminiEmulator
 from parley.records.service import Records, RecordsOptions
@@ -262,6 +263,8 @@ async def start(
     """Start serving. An `emulator` passed in (tests) is used as it is and left running at stop()."""
     agent = await build_agent(settings, tools, emulator)
     worker, metrics, backend = agent.worker, agent.metrics, agent.backend
+    # before listening: first uses cost tens of ms on the loop, which would stall the first calls
+    logger.info("warmed up in %.2f s", await warm_up(sdk=backend != "loopback"))
     emulator = emulator or agent.emulator
     if settings.turn_secret and settings.turn_urls:  # fresh TURN credentials for each call
         worker.ice_server_source = ice_server_source(

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import time
 
+import pydantic
 from aiortc import RTCPeerConnection
+from google.genai import types
 
 from parley.agent.ice import rtc_configuration
 
+# The SDK's Live models that a session meets (built with the message types they hold).
+SDK_MODELS = ("Blob", "Content", "Part", "UsageMetadata", "Transcription", "FunctionCall", "FunctionResponse")
 
-async def warm_up() -> float:
-    """Do once what every call needs, so the first call starts fast: codecs, resampler, VAD, and a
-    throwaway offer/answer (certificate, ICE gathering, SDP). Returns the seconds it took."""
+
+def build_sdk_models() -> None:
+    """Build the SDK's pydantic models now: they are built on first use (`defer_build`), which put
+    20-60 ms event-loop stalls into the first call's set-up and first turn, stalling every other call."""
+    for name in dir(types):
+        model = getattr(types, name)
+        if (name.startswith("Live") or name in SDK_MODELS) and isinstance(model, type):
+            if issubclass(model, pydantic.BaseModel):
+                model.model_rebuild(raise_errors=False)
+
+
+async def warm_up(sdk: bool = True) -> float:
+    """Do once what every call needs, so the first call starts fast: the SDK's models (with `sdk`),
+    codecs, resampler, VAD, and a throwaway offer/answer (certificate, ICE gathering, SDP). Returns the
+    seconds it took."""
     started = time.monotonic()
+    if sdk:
+        build_sdk_models()
     from parley.agent.downlink import ModelAudio, PlayoutBuffer
     from parley.agent.uplink import OpusUplink
     from parley.agent.vad import SpeechDetector

@@ -582,7 +582,9 @@ class LiveSession:
         turn = progress.turn
         began = time.monotonic()
         if turn.pcm is not None:
-            samples = resample(pcm_to_array(turn.pcm), INPUT_RATE, OUTPUT_RATE)
+            # ~100 ms of numpy for a 5 s turn: on a thread, or every call sharing this loop (the
+            # emulator runs inside `parley serve`) would stall for it at each turn
+            samples = await asyncio.to_thread(resample, pcm_to_array(turn.pcm), INPUT_RATE, OUTPUT_RATE)
         else:
             samples = chime(OUTPUT_RATE)
         if cfg.input_transcription and turn.pcm is not None:
