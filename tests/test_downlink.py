@@ -90,3 +90,30 @@ async def test_frames_encode_with_aiortcs_opus_encoder() -> None:
     for _ in range(5):
         payloads += encoder.encode(await track.recv())[0]
     assert len(payloads) >= 4  # one packet per 20 ms frame (the first may be held back)
+
+
+async def test_a_reply_after_a_stalled_loop_is_paced_from_its_arrival_and_never_early() -> None:
+    # The call summary's downlink p50 read -14 and -114 ms: after a stall, the track caught up with its
+    # clock by sending the first chunk's frames in a burst, so later chunks started before their due.
+    buffer = PlayoutBuffer()
+    latencies: list[float] = []
+    track = PlayoutTrack(buffer, lambda due: latencies.append(time.monotonic() - due))
+    for _ in range(5):
+        await track.recv()  # silence: the clock runs
+    time.sleep(0.09)  # noqa: ASYNC251 - the event loop stalls, as the emulator's resampling did
+    arrived = time.monotonic()
+    for _ in range(5):
+        buffer.push(tone(0.1, 48000), arrived)  # the reply, five chunks at once (Gemini sends ahead)
+    sent: list[float] = []
+    pts: list[int] = []
+    for _ in range(25):
+        frame = await track.recv()
+        sent.append(time.monotonic())
+        pts.append(frame.pts)
+    assert len(latencies) == 5
+    assert min(latencies) >= 0, f"a chunk started before it was due: {latencies}"
+    assert max(latencies) < 0.06
+    # paced from the first audio: 24 frames after the first take ~0.48 s, not a burst
+    assert sent[-1] - sent[0] > 0.4
+    # the silence the stall swallowed is skipped in the RTP clock, not squeezed in after it
+    assert pts[0] - 4 * FRAME_SAMPLES >= 48000 * 0.08

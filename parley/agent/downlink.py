@@ -220,6 +220,11 @@ class PlayoutTrack(MediaStreamTrack):
                     self._clock_start = time.monotonic() - self._pts / PLAYOUT_RATE
             else:
                 await asyncio.sleep(due - now)
+        elif self._idle and now - due > FRAME_SAMPLES / PLAYOUT_RATE:
+            # The loop stalled during silence: skip the silence it missed, in the RTP clock too. Sending
+            # it late, or the next audio in a burst to catch up with the clock, made later chunks start
+            # before they were due (a negative downlink latency) and the browser stretch the audio.
+            self._pts += round((now - due) * PLAYOUT_RATE)
         elif now - due > MAX_LATENESS_S:
             self._clock_start = now - self._pts / PLAYOUT_RATE
         if not self._idle and not self.buffer.queued:
