@@ -186,6 +186,8 @@ async def run_worker(
             await agent.emulator.stop()
         if agent.records is not None:
             await agent.records.stop()
+        if agent.webhooks is not None:
+            await agent.webhooks.stop()
 
     await fleet.start()
     await until_signalled(cleanup, lambda: fleet.drain(settings.drain_timeout_s), end_now)

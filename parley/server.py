@@ -32,7 +32,9 @@ from parley.agent.video import VideoOptions
 from parley.agent.warmup import warm_up
 from parley.agent.worker import Worker
 from parley.emulator.server import GeminiEmulator
+from parley.records.recorder import CallRecorder
 from parley.records.service import Records, RecordsOptions
+from parley.records.webhooks import WebhookMetrics, WebhookSender
 from parley.records.writer import WriterMetrics
 from parley.settings import GEMINI_ENV_KEYS, Settings
 from parley.signaling.access import call_admission, parse_rate
@@ -157,6 +159,17 @@ def records_options(settings: Settings) -> RecordsOptions | None:
     )
 
 
+def start_webhooks(settings: Settings, metrics: Metrics) -> WebhookSender | None:
+    if not settings.webhook_url:
+        return None
+    if not settings.webhook_secret:
+        logger.warning("PARLEY_WEBHOOK_URL without PARLEY_WEBHOOK_SECRET: webhooks go out unsigned")
+    sender = WebhookSender(settings.webhook_url, settings.webhook_secret)
+    sender.start()
+    metrics.registry.register(WebhookMetrics(sender))
+    return sender
+
+
 async def open_records(settings: Settings) -> Records | None:
     """The call records database, migrated and with its writer running; None when records are off."""
     options = records_options(settings)
@@ -183,6 +196,7 @@ class Running:
     metrics: Metrics | None = None
     session_config: SessionConfig | None = None
     records: Records | None = None
+    webhooks: WebhookSender | None = None
 
     async def stop(self) -> None:
         for task in self.background:
@@ -193,6 +207,8 @@ class Running:
             await self.metrics.stop()
         if self.records is not None:
             await self.records.stop()  # after the calls: their last writes go out first
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.emulator is not None:
             await self.emulator.stop()
 
@@ -208,6 +224,7 @@ class Agent:
     metrics: Metrics
     session_config: SessionConfig  # what every Gemini session of this process is made with
     records: Records | None = None
+    webhooks: WebhookSender | None = None
 
 
 async def build_agent(
@@ -242,10 +259,16 @@ async def build_agent(
     metrics = Metrics()
     options = call_options(settings)
     records = await open_records(settings)
+    webhooks = start_webhooks(settings, metrics)
     observers: list[CallObserver] = [metrics]
+    announce = webhooks.submit if webhooks is not None else None
     if records is not None:
-        observers.append(records.recorder(worker_name, settings.model))
+        observers.append(records.recorder(worker_name, settings.model, announce))
         metrics.registry.register(WriterMetrics(records.writer))
+    elif webhooks is not None:  # webhooks without a database: the recorder's writes go nowhere
+        observers.append(
+            CallRecorder(lambda write: True, worker_name, settings.model, settings.prices, announce=announce)
+        )
     options.observer = Observers(observers)
     if backend == "loopback":
         options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
@@ -254,7 +277,7 @@ async def build_agent(
         options,
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
-    return Agent(worker, backend, own_emulator, background, metrics, config, records)
+    return Agent(worker, backend, own_emulator, background, metrics, config, records, webhooks)
 
 
 async def start(
@@ -303,5 +326,13 @@ async def start(
         settings.model,
     )
     return Running(
-        runner, worker, agent.emulator, port, agent.background, metrics, agent.session_config, agent.records
+        runner,
+        worker,
+        agent.emulator,
+        port,
+        agent.background,
+        metrics,
+        agent.session_config,
+        agent.records,
+        agent.webhooks,
     )

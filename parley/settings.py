@@ -133,6 +133,8 @@ class Settings:
     recordings_dir: str = "recordings"
     records_queue: int = 10000  # record writes waiting for the database, at most
     prices: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    webhook_url: str | None = None  # call.started / call.ended POSTed here
+    webhook_secret: str | None = field(default=None, repr=False)  # signs them (Parley-Signature)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -197,6 +199,8 @@ class Settings:
         self.record_audio = _env_bool("PARLEY_RECORD_AUDIO", self.record_audio)
         self.recordings_dir = os.environ.get("PARLEY_RECORDINGS_DIR") or self.recordings_dir
         self.records_queue = int(_env_float("PARLEY_RECORDS_QUEUE", self.records_queue))
+        self.webhook_url = os.environ.get("PARLEY_WEBHOOK_URL") or None
+        self.webhook_secret = os.environ.get("PARLEY_WEBHOOK_SECRET") or None
         if os.environ.get("PARLEY_PRICES"):
             try:
                 self.prices = parse_prices(os.environ["PARLEY_PRICES"])

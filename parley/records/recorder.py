@@ -16,7 +16,11 @@ from typing import Any
 
 from parley.agent.observer import CallObserver, CallView, Measure
 from parley.records.cost import Prices, estimate_cost
+from parley.records.shape import present
 from parley.records.store import CallEvents, CallUpdate, Write
+
+# Told "call.started" / "call.ended" with the call's record as the API shows it (webhooks listen here).
+Announce = Callable[[str, dict[str, Any]], object]
 
 MAX_RESULT_CHARS = 2000  # tool results are kept truncated to this many characters of JSON
 MAX_TEXT_CHARS = 20000  # one utterance
@@ -33,6 +37,7 @@ class _Utterance:
 
 @dataclass
 class _Live:
+    columns: dict[str, Any] = field(default_factory=dict)  # what is known of the row so far
     seq: int = 0
     speaking: dict[str, _Utterance] = field(default_factory=dict)
     connected_at: float | None = None
@@ -72,7 +77,9 @@ class CallRecorder(CallObserver):
         prices: Prices,
         recording: Callable[[str], str | None] = lambda call_id: None,
         clock: Callable[[], float] = time.time,
+        announce: Announce | None = None,
     ) -> None:
+        self._announce = announce
         self._submit = submit
         self.worker = worker
         self.model = model
@@ -84,17 +91,19 @@ class CallRecorder(CallObserver):
     # --- the CallObserver door ------------------------------------------------------------------
 
     def call_started(self, call: CallView) -> None:
-        self._live[call.id] = _Live()
         columns: dict[str, Any] = {"worker": self.worker, "model": self.model, "started_at": self._clock()}
         recording = self._recording(call.id)
         if recording is not None:
             columns["recording"] = recording
+        self._live[call.id] = _Live(columns=dict(columns))
         self._submit(CallUpdate(call.id, columns))
+        if self._announce is not None:
+            self._announce("call.started", present({"id": call.id, **columns}, full=False))
 
     def call_state(self, call: CallView, state: str) -> None:
         live = self._live.get(call.id)
         if live is not None and state == "active" and live.connected_at is None:
-            live.connected_at = self._clock()
+            live.connected_at = live.columns["connected_at"] = self._clock()
             self._submit(CallUpdate(call.id, {"connected_at": live.connected_at}))
 
     def latency(self, call: CallView, measure: Measure, seconds: float) -> None:
@@ -160,7 +169,10 @@ class CallRecorder(CallObserver):
             return
         for role in list(live.speaking):
             self._finish(call.id, live, role)
-        self._submit(CallUpdate(call.id, self.final_columns(call.summary(), call.end_reason, live)))
+        columns = self.final_columns(call.summary(), call.end_reason, live)
+        self._submit(CallUpdate(call.id, columns))
+        if self._announce is not None:
+            self._announce("call.ended", present({"id": call.id, **live.columns, **columns}, full=True))
 
     # --- rows -------------------------------------------------------------------------------------
 

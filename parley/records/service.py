@@ -7,13 +7,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from parley.records.cost import DEFAULT_PRICES, Prices
 from parley.records.database import make_engine, safe_url, upgrade
-from parley.records.recorder import CallRecorder
+from parley.records.recorder import Announce, CallRecorder
+from parley.records.shape import iso, present
 from parley.records.store import CallQuery, CallStore, CallUpdate, DeleteBefore
 from parley.records.writer import RecordWriter
 
@@ -32,12 +32,6 @@ class RecordsOptions:
     recordings_dir: str | None = None  # where recordings are (None: recordings are off)
     prices: Prices = field(default_factory=lambda: DEFAULT_PRICES)
     retry_max_s: float = 10.0
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Records:
@@ -64,11 +58,13 @@ class Records:
         await self.writer.stop()
         await self.engine.dispose()
 
-    def recorder(self, worker: str, model: str | None) -> CallRecorder:
+    def recorder(self, worker: str, model: str | None, announce: Announce | None = None) -> CallRecorder:
         def recording(call_id: str) -> str | None:
             return f"{call_id}.ogg" if self.options.recordings_dir else None
 
-        return CallRecorder(self.writer.submit, worker, model, self.options.prices, recording)
+        return CallRecorder(
+            self.writer.submit, worker, model, self.options.prices, recording, announce=announce
+        )
 
     # --- from the signaling side ----------------------------------------------------------------
 
@@ -101,12 +97,12 @@ class Records:
 
     async def describe(self, call_id: str) -> dict[str, Any] | None:
         row = await self.store.get_call(call_id)
-        return None if row is None else self._present(row, full=True)
+        return None if row is None else present(row, full=True)
 
     async def list_calls(self, **filters: Any) -> dict[str, Any]:
         """A page of calls: agent, reason, since, until (Unix seconds), limit, cursor (CallQuery's fields)."""
         rows, cursor = await self.store.list_calls(CallQuery(**filters))
-        return {"calls": [self._present(row, full=False) for row in rows], "next_cursor": cursor}
+        return {"calls": [present(row, full=False) for row in rows], "next_cursor": cursor}
 
     async def transcript(self, call_id: str) -> dict[str, Any] | None:
         row = await self.store.get_call(call_id)
@@ -131,38 +127,6 @@ class Records:
             return None
         path = Path(folder) / Path(str(row["recording"])).name
         return path if await asyncio.to_thread(path.is_file) else None
-
-    def _present(self, row: dict[str, Any], full: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": row["id"],
-            "state": "ended" if row.get("ended_at") is not None else "live",
-            "agent": row.get("agent"),
-            "origin": row.get("origin"),
-            "client_address": row.get("client_address"),
-            "worker": row.get("worker"),
-            "model": row.get("model"),
-            "started_at": iso(row.get("started_at")),
-            "connected_at": iso(row.get("connected_at")),
-            "ended_at": iso(row.get("ended_at")),
-            "duration_s": row.get("duration_s"),
-            "end_reason": row.get("end_reason"),
-            "turns": row.get("turns"),
-            "rejoins": row.get("rejoins"),
-            "gemini": {
-                "connections": row.get("connections"),
-                "goaways": row.get("goaways"),
-                "reconnects": row.get("reconnects"),
-                "fresh_sessions": row.get("fresh_sessions"),
-                "tool_calls": row.get("tool_calls"),
-            },
-            "tokens": row.get("tokens"),
-            "cost_usd": row.get("cost_usd"),
-            "latency": row.get("latency"),
-            "recording": f"/v1/calls/{row['id']}/recording" if row.get("recording") else None,
-        }
-        if full:
-            out["summary"] = row.get("summary")
-        return out
 
 
 def delete_recordings(folder: Path, names: set[str], cutoff: float) -> None:
