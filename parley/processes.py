@@ -188,6 +188,8 @@ async def run_worker(
             await agent.records.stop()
         if agent.webhooks is not None:
             await agent.webhooks.stop()
+        if agent.tracer is not None:
+            await asyncio.to_thread(agent.tracer.shutdown)
 
     await fleet.start()
     await until_signalled(cleanup, lambda: fleet.drain(settings.drain_timeout_s), end_now)

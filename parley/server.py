@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from google import genai
@@ -39,6 +39,10 @@ from parley.records.writer import WriterMetrics
 from parley.settings import GEMINI_ENV_KEYS, Settings
 from parley.signaling.access import call_admission, parse_rate
 from parley.signaling.app import PageConfig, add_metrics_route, create_app
+from parley.tracing import traces_wanted
+
+if TYPE_CHECKING:
+    from parley.tracing.call_traces import CallTracer
 
 logger = logging.getLogger("parley")
 
@@ -159,6 +163,17 @@ def records_options(settings: Settings) -> RecordsOptions | None:
     )
 
 
+def start_tracing(worker_name: str) -> CallTracer | None:
+    """A call tracer when the standard OTEL_EXPORTER_OTLP_* variables ask for one; else nothing at all
+    (OpenTelemetry is not even imported)."""
+    if not traces_wanted():
+        return None
+    from parley import __version__
+    from parley.tracing.call_traces import CallTracer, make_provider
+
+    return CallTracer(make_provider(__version__), worker_name)
+
+
 def start_webhooks(settings: Settings, metrics: Metrics) -> WebhookSender | None:
     if not settings.webhook_url:
         return None
@@ -197,6 +212,7 @@ class Running:
     session_config: SessionConfig | None = None
     records: Records | None = None
     webhooks: WebhookSender | None = None
+    tracer: CallTracer | None = None
 
     async def stop(self) -> None:
         for task in self.background:
@@ -209,6 +225,8 @@ class Running:
             await self.records.stop()  # after the calls: their last writes go out first
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # exports the last spans
         if self.emulator is not None:
             await self.emulator.stop()
 
@@ -225,6 +243,7 @@ class Agent:
     session_config: SessionConfig  # what every Gemini session of this process is made with
     records: Records | None = None
     webhooks: WebhookSender | None = None
+    tracer: CallTracer | None = None
 
 
 async def build_agent(
@@ -260,7 +279,8 @@ async def build_agent(
     options = call_options(settings)
     records = await open_records(settings)
     webhooks = start_webhooks(settings, metrics)
-    observers: list[CallObserver] = [metrics]
+    tracer = start_tracing(worker_name)
+    observers: list[CallObserver] = [metrics] if tracer is None else [metrics, tracer]
     announce = webhooks.submit if webhooks is not None else None
     if records is not None:
         observers.append(records.recorder(worker_name, settings.model, announce))
@@ -277,7 +297,7 @@ async def build_agent(
         options,
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
-    return Agent(worker, backend, own_emulator, background, metrics, config, records, webhooks)
+    return Agent(worker, backend, own_emulator, background, metrics, config, records, webhooks, tracer)
 
 
 async def start(
@@ -335,4 +355,5 @@ async def start(
         agent.session_config,
         agent.records,
         agent.webhooks,
+        agent.tracer,
     )
