@@ -56,13 +56,15 @@ def web_root(settings: Settings) -> Path:
 
 def page_config_source(settings: Settings, emulator: Callable[[], bool]) -> PageConfig:
     """GET /v1/config, made for each page: the ICE servers (with TURN credentials of its own when a TURN
-    secret is set), whether the agent is the offline emulator, and the model."""
+    secret is set), whether the agent is the offline emulator, the model, and the video the agent keeps
+    (the page sends no more than that)."""
     ice = ice_server_source(
         settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, "web"
     )
 
     def make() -> dict[str, Any]:
-        return {"iceServers": ice(), "emulator": emulator(), "model": settings.model}
+        video = {"fps": settings.video_fps, "maxSide": settings.video_max_side}
+        return {"iceServers": ice(), "emulator": emulator(), "model": settings.model, "video": video}
 
     return make
 

@@ -1,11 +1,17 @@
 // The join page: one call to the Parley server this page came from. The call logic is in
 // parley-client.js (shared with the widget); this file only draws it.
 import { Captions } from "./client/captions.js";
+import { canShareScreen } from "./client/video.js";
 import { ParleyClient, describe } from "./parley-client.js";
 
 const $ = (id) => document.getElementById(id);
 // A server that requires join tokens (PARLEY_JOIN_SECRET) is opened as /?token=...
-const client = new ParleyClient({ audio: $("agent"), token: new URLSearchParams(location.search).get("token") });
+const client = new ParleyClient({
+  audio: $("agent"),
+  token: new URLSearchParams(location.search).get("token"),
+  video: true, // Camera and Share screen swap tracks on the offer's one video m-line
+  selfView: $("self-view"),
+});
 const captions = new Captions($("captions"));
 
 // For tests and for anyone curious in the console.
@@ -34,6 +40,8 @@ client.addEventListener("state", ({ detail }) => {
   $("call").disabled = live;
   $("hangup").disabled = !live;
   $("mute").disabled = !live;
+  $("camera").disabled = !live;
+  $("screen").disabled = !live;
   if (!live) {
     $("mute").setAttribute("aria-pressed", "false");
     captions.close();
@@ -47,6 +55,13 @@ client.addEventListener("event", ({ detail }) => { if (detail.type === "interrup
 client.addEventListener("speaking", ({ detail }) => {
   $("user-speaking").classList.toggle("on", detail.user);
   $("agent-speaking").classList.toggle("on", detail.agent);
+});
+client.addEventListener("video", ({ detail }) => {
+  $("camera").setAttribute("aria-pressed", String(detail.source === "camera"));
+  $("screen").setAttribute("aria-pressed", String(detail.source === "screen"));
+  $("self-view").hidden = detail.state !== "on";
+  $("video-status").textContent = detail.message;
+  $("video-status").dataset.reason = detail.reason || "";
 });
 client.addEventListener("stats", ({ detail }) => showStats(detail));
 client.addEventListener("autoplay", ({ detail }) => { $("unlock").hidden = !detail.blocked; });
@@ -77,6 +92,11 @@ $("mute").addEventListener("click", () => {
   client.setMuted(muted);
   $("mute").setAttribute("aria-pressed", String(muted)); // the name stays "Mute": pressed means muted
 });
+// One source at a time: pressing the other one switches, pressing the pressed one turns video off.
+for (const source of ["camera", "screen"]) {
+  $(source).addEventListener("click", () => client.setVideo(client.video.source === source ? null : source));
+}
+$("screen").hidden = !canShareScreen();
 $("device").addEventListener("change", () => client.setDevice($("device").value));
 $("unlock").addEventListener("click", () => { client.unlockAudio(); $("unlock").hidden = true; });
 navigator.mediaDevices?.addEventListener?.("devicechange", async () => {

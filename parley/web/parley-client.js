@@ -11,17 +11,20 @@
 //   turn        {voiceToVoiceMs}                   user's end of speech to the agent's first audio
 //   devices     {devices, deviceId}                the microphones (labels once permission is given)
 //   autoplay    {blocked}                          playback needs a tap (call unlockAudio() in one)
+//   video       {source, state, reason, message, agent, ...}   camera or screen share (client/video.js)
 //   event       the raw data-channel event
 //
 // Only standard APIs: getUserMedia, RTCPeerConnection, getStats, Web Audio (analysis only: the agent
 // plays from an <audio> element so the browser's echo canceller has it as its reference).
 // The parts live in client/: connection.js (the peer connection, call state, rejoining; the class this
 // one extends), events.js (states, messages, errors), signaling.js (HTTP and connection state),
-// media.js (microphone, devices, playback), stats.js (speaking, voice-to-voice, getStats).
+// media.js (microphone, devices, playback), stats.js (speaking, voice-to-voice, getStats), video.js
+// (camera and screen share).
 import { CallConnection } from "./client/connection.js";
 import { LIVE_STATES, ParleyError, describe, parseEvent, transcriptDetail } from "./client/events.js";
 import { microphones, openMic, play, unlock } from "./client/media.js";
 import { Levels, freshDebug, median, readStats } from "./client/stats.js";
+import { Video } from "./client/video.js";
 
 export { STATES, ParleyError, describe } from "./client/events.js";
 
@@ -36,10 +39,17 @@ export class ParleyClient extends CallConnection {
    * @param {number} [options.disconnectedMs] how long "disconnected" may last before a rejoin
    * @param {string|function(): (string|Promise<string>)} [options.token] a join token for servers that
    *   require one (PARLEY_JOIN_SECRET), or a function that fetches one; sent as `Authorization: Bearer`
+   * @param {boolean} [options.video] offer a video m-line, so setVideo() can send a camera or a screen
+   * @param {HTMLVideoElement} [options.selfView] where what is sent is shown
    */
-  constructor({ server = "", audio, reconnectGraceMs = 20000, disconnectedMs = 4000, token = null } = {}) {
+  constructor({
+    server = "", audio, reconnectGraceMs = 20000, disconnectedMs = 4000, token = null, video = false, selfView = null,
+  } = {}) {
     super({ server, token, reconnectGraceMs, disconnectedMs });
     this.audio = audio;
+    this.video = video
+      ? new Video({ onChange: (detail) => this._emit("video", detail), server: () => this.config?.video, selfView })
+      : null;
     this.mic = null;
     this.muted = false;
     this.deviceId = "";
@@ -124,6 +134,15 @@ export class ParleyClient extends CallConnection {
     await this._listDevices();
   }
 
+  /**
+   * Send the camera ("camera"), the screen ("screen") or no video (null) during a call: the same
+   * m-line's track is replaced, no new offer. Call it from a click: the browser asks for permission.
+   */
+  async setVideo(source) {
+    if (!this.video) throw new ParleyError("refused", "this client was made without video");
+    await this.video.set(LIVE_STATES.includes(this.state) ? source : null);
+  }
+
   /** Allow playback (mobile autoplay rules): call it inside a user gesture. */
   unlockAudio() {
     this.context = unlock(this.context, this.audio, this._onAutoplay);
@@ -143,10 +162,13 @@ export class ParleyClient extends CallConnection {
 
   _addMedia(pc) {
     this.mic.getAudioTracks().forEach((track) => pc.addTrack(track, this.mic));
+    this.video?.offer(pc);
   }
 
   async _connected() {
     this._startStats();
+    const sender = this._sender("video");
+    if (this.video && sender) await this.video.use(sender);
   }
 
   _playRemote(stream) {
@@ -171,6 +193,9 @@ export class ParleyClient extends CallConnection {
         break;
       case "transcript":
         this._emit("transcript", transcriptDetail(event));
+        break;
+      case "video":
+        this.video?.agentState(event.state);
         break;
       case "ended": {
         if (this.state === "ended") break; // we hung up: hangUp() releases everything
@@ -246,6 +271,7 @@ export class ParleyClient extends CallConnection {
     this._closeConnection();
     this.mic?.getTracks().forEach((track) => track.stop());
     this.mic = null;
+    this.video?.close();
     this.levels?.stop();
     this.levels = null;
     if (this.audio) this.audio.srcObject = null;

@@ -4,15 +4,17 @@
 //   <parley-call server="https://HOST" label="Talk to us" theme="auto" position="bottom-right"></parley-call>
 //
 // Attributes: server (default: where this script came from), label (the button's text), theme
-// (auto | light | dark), position (inline | bottom-right | bottom-left). DOM events, bubbling out of
-// the shadow root: `parley-state` {state, reason, message, callId} and `parley-transcript`
-// {role, text, final}. Properties and methods: .client (the ParleyClient), .start(), .hangUp(), and
+// (auto | light | dark), position (inline | bottom-right | bottom-left), video (none | camera | screen |
+// both: which video toggles the call offers; none, the default, never asks for a camera). DOM events,
+// bubbling out of the shadow root: `parley-state` {state, reason, message, callId},
+// `parley-transcript` {role, text, final} and `parley-video` {source, state, reason, message, agent}. Properties and methods: .client (the ParleyClient), .start(), .hangUp(), and
 // .tokenProvider, an async function returning a join token for servers that require one (or the
 // `token` attribute).
 // No build step and no request anywhere but the Parley server; the server must list the page's origin
 // in PARLEY_ALLOWED_ORIGINS.
 import { Captions } from "./client/captions.js";
 import { ParleyClient } from "./parley-client.js";
+import { VIDEO_MODES, canShareScreen } from "./client/video.js";
 
 const SCRIPT_ORIGIN = new URL(import.meta.url).origin;
 
@@ -81,13 +83,16 @@ button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color:
 .captions:empty { display: none; }
 .captions li { margin: .15rem 0; }
 .captions .who-label { font-weight: 700; }
-.actions { display: flex; gap: .5rem; justify-content: flex-end; }
+.actions { display: flex; flex-wrap: wrap; gap: .5rem; justify-content: flex-end; }
+.video-status { margin: 0; color: var(--muted); font-size: .9em; }
+.video-status:empty { display: none; }
+.self-view { width: 8rem; aspect-ratio: 16 / 9; object-fit: contain; background: #000; border-radius: .4rem; align-self: flex-end; }
 `;
 
 const MIC_ICON = `<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 14a3 3 0 0 0 3-3V5a3 3 0 0 0-6 0v6a3 3 0 0 0 3 3zm5-3a5 5 0 0 1-10 0H5a7 7 0 0 0 6 6.92V21h2v-3.08A7 7 0 0 0 19 11h-2z"/></svg>`;
 
 class ParleyCall extends HTMLElement {
-  static get observedAttributes() { return ["label", "server"]; }
+  static get observedAttributes() { return ["label", "server", "video"]; }
 
   constructor() {
     super();
@@ -103,8 +108,12 @@ class ParleyCall extends HTMLElement {
             <span class="who agent"><span class="dot"></span>Agent</span>
           </div>
           <ol class="captions" role="log" aria-label="Captions"></ol>
+          <video class="self-view" muted playsinline autoplay hidden aria-label="What the agent sees"></video>
+          <p class="video-status" aria-live="polite"></p>
           <div class="actions" hidden>
             <button class="unlock" type="button" hidden>Tap to hear the agent</button>
+            <button class="camera" type="button" aria-pressed="false" hidden>Camera</button>
+            <button class="screen" type="button" aria-pressed="false" hidden>Share screen</button>
             <button class="mute" type="button" aria-pressed="false">Mute</button>
             <button class="hangup" type="button">Hang up</button>
           </div>
@@ -124,12 +133,21 @@ class ParleyCall extends HTMLElement {
       user: root.querySelector(".who.user"),
       agent: root.querySelector(".who.agent"),
       audio: root.querySelector("audio"),
+      camera: root.querySelector(".camera"),
+      screen: root.querySelector(".screen"),
+      selfView: root.querySelector(".self-view"),
+      videoStatus: root.querySelector(".video-status"),
     };
     this._captions = new Captions(this._els.captions, 20);
     this._els.call.addEventListener("click", () => this.start());
     this._els.hangup.addEventListener("click", () => this.hangUp());
     this._els.mute.addEventListener("click", () => this._toggleMute());
     this._els.unlock.addEventListener("click", () => { this.client?.unlockAudio(); this._els.unlock.hidden = true; });
+    for (const source of ["camera", "screen"]) {
+      this._els[source].addEventListener("click", () => {
+        this.client.setVideo(this.client.video?.source === source ? null : source);
+      });
+    }
     this._renderLabel();
   }
 
@@ -143,10 +161,16 @@ class ParleyCall extends HTMLElement {
 
   attributeChangedCallback(name) {
     if (name === "label") this._renderLabel();
-    if (name === "server" && this.client && ["idle", "ended", "error"].includes(this.client.state)) this._makeClient();
+    if ((name === "server" || name === "video") && this.client && ["idle", "ended", "error"].includes(this.client.state)) this._makeClient();
   }
 
   get server() { return this.getAttribute("server") || SCRIPT_ORIGIN; }
+
+  /** none (the default: audio only, no camera prompt), camera, screen or both. */
+  get video() {
+    const mode = (this.getAttribute("video") || "none").toLowerCase();
+    return VIDEO_MODES.includes(mode) ? mode : "none";
+  }
 
   start() {
     this._captions.clear();
@@ -161,8 +185,12 @@ class ParleyCall extends HTMLElement {
       audio: this._els.audio,
       // A join token: the `token` attribute, or a function the host page sets (fetching one per call).
       token: () => (this.tokenProvider ? this.tokenProvider() : this.getAttribute("token")),
+      video: this.video !== "none",
+      selfView: this._els.selfView,
     });
     this.client = client;
+    this._els.camera.hidden = !["camera", "both"].includes(this.video);
+    this._els.screen.hidden = !["screen", "both"].includes(this.video) || !canShareScreen();
     client.addEventListener("state", ({ detail }) => {
       if (client !== this.client) return;
       this._showState(detail);
@@ -177,6 +205,14 @@ class ParleyCall extends HTMLElement {
     client.addEventListener("speaking", ({ detail }) => {
       this._els.user.classList.toggle("on", detail.user);
       this._els.agent.classList.toggle("on", detail.agent);
+    });
+    client.addEventListener("video", ({ detail }) => {
+      if (client !== this.client) return;
+      this._els.camera.setAttribute("aria-pressed", String(detail.source === "camera"));
+      this._els.screen.setAttribute("aria-pressed", String(detail.source === "screen"));
+      this._els.selfView.hidden = detail.state !== "on";
+      this._els.videoStatus.textContent = detail.state === "off" && !detail.reason ? "" : detail.message;
+      this.dispatchEvent(new CustomEvent("parley-video", { detail, bubbles: true, composed: true }));
     });
     client.addEventListener("autoplay", ({ detail }) => { this._els.unlock.hidden = !detail.blocked; });
     client.addEventListener("error", ({ detail }) => this._status("warning", detail.message));

@@ -1,7 +1,9 @@
 """Browser tests: Debian's Chromium driven by Playwright, talking to a real Parley server on loopback.
 
 The microphone is Chromium's fake capture device playing a WAV made from tests/data/speech.wav (it
-loops). Playwright never downloads a browser here: it drives /usr/bin/chromium (PARLEY_CHROMIUM).
+loops); the camera, when a test asks for one, plays a Y4M of one known colour (CAMERA_RGB). Chromium's
+fake screen (getDisplayMedia with --use-fake-device-for-media-stream) is mostly green. Playwright never
+downloads a browser here: it drives /usr/bin/chromium (PARLEY_CHROMIUM).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import aioice.ice
+import av
+import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 from playwright.async_api import Browser, Page, Playwright, async_playwright
@@ -32,6 +36,10 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 # leaves room for the emulator's echo (the speech, after 0.5 s of silence) before the next sentence.
 LEAD_S = 1.0
 TAIL_S = 6.0
+# The fake camera: 1280x720 (the page scales it to the server's PARLEY_VIDEO_MAX_SIDE), 10 fps, red.
+CAMERA_RGB = (220, 30, 30)
+CAMERA_SIZE = (1280, 720)
+CAMERA_FPS = 10
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -63,6 +71,25 @@ def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(bytes(2 * int(rate * LEAD_S)) + speech + bytes(2 * int(rate * TAIL_S)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Y4M of CAMERA_RGB frames, as --use-file-for-fake-video-capture wants it (it loops)."""
+    width, height = CAMERA_SIZE
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:] = CAMERA_RGB
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    planes = b"".join(
+        np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, : plane.width].tobytes()
+        for plane in frame.planes
+    )
+    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{CAMERA_FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(CAMERA_FPS):
+            out.write(b"FRAME\n" + planes)
     return path
 
 
@@ -125,24 +152,34 @@ async def start_server(emulator: GeminiEmulator, **settings: Any) -> Running:
 class Pages:
     """Launches Chromium (one per page: each test may need other flags) and opens pages in it."""
 
-    def __init__(self, playwright: Playwright, mic: Path) -> None:
+    def __init__(self, playwright: Playwright, mic: Path, camera: Path) -> None:
         self.playwright = playwright
         self.mic = mic
+        self.camera = camera
         self.browsers: list[Browser] = []
         self.console: list[str] = []
 
-    async def open(self, url: str, microphone: str = "granted") -> Page:
-        """microphone: "granted" (the fake one), "denied" (the user says no) or "none" (no device)."""
+    async def open(self, url: str, microphone: str = "granted", camera: str = "granted") -> Page:
+        """microphone: "granted" (the fake one), "denied" (the user says no) or "none" (no device).
+        camera (with the microphone granted): "granted" (the Y4M; the screen share is allowed too) or
+        "denied" (the user says no to the camera and to sharing the screen)."""
         args = list(CHROMIUM_ARGS)
+        permissions = ["microphone"] if microphone != "denied" else []
+        if microphone == "granted" and camera == "granted":
+            args.append("--use-fake-ui-for-media-stream")
+            permissions.append("camera")
         if microphone == "granted":
-            args += ["--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={self.mic}"]
+            args += [
+                f"--use-file-for-fake-audio-capture={self.mic}",
+                f"--use-file-for-fake-video-capture={self.camera}",
+            ]
         elif microphone == "none":
             args.remove("--use-fake-device-for-media-stream")
             args.append("--use-fake-ui-for-media-stream")
         browser = await self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         self.browsers.append(browser)
         context = await browser.new_context(
-            permissions=["microphone"] if microphone != "denied" else [],
+            permissions=permissions,
             viewport={"width": 1000, "height": 760},
         )
         page = await context.new_page()
@@ -166,9 +203,9 @@ def chromium() -> str:
 
 
 @pytest.fixture
-async def pages(chromium: str, fake_mic: Path) -> AsyncIterator[Pages]:
+async def pages(chromium: str, fake_mic: Path, fake_camera: Path) -> AsyncIterator[Pages]:
     async with async_playwright() as playwright:
-        opened = Pages(playwright, fake_mic)
+        opened = Pages(playwright, fake_mic, fake_camera)
         try:
             yield opened
         finally:

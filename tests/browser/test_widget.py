@@ -38,7 +38,7 @@ HOST_PAGE = """<!doctype html>
   <parley-call server="{parley}" label="Talk to us" position="bottom-right" theme="light"></parley-call>
   <script>
     window.hostEvents = [];
-    for (const type of ["parley-state", "parley-transcript"]) {{
+    for (const type of ["parley-state", "parley-transcript", "parley-video"]) {{
       document.addEventListener(type, (event) => window.hostEvents.push({{ type, ...event.detail }}));
     }}
   </script>
