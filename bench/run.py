@@ -89,12 +89,15 @@ class Server:
             self.process.kill()
 
 
-def start_server(kind: str, port: int) -> Server:
+def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
     env = {
         **os.environ,
         "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
         "PARLEY_NO_MEDIA_TIMEOUT": "30",
         "PARLEY_RATE_LIMIT": "0",  # every benchmark call comes from one address
+        # records off unless asked (bench/records_cost.py measures them on against off)
+        "PARLEY_DATABASE_URL": "none",
+        **(extra_env or {}),
     }
     if kind == "baseline":
         cmd = [PY, "-m", "bench.baseline_server", "--port", str(port)]

@@ -190,6 +190,8 @@ async def run_worker(
             await agent.webhooks.stop()
         if agent.tracer is not None:
             await asyncio.to_thread(agent.tracer.shutdown)
+        if agent.recordings is not None:
+            await asyncio.to_thread(agent.recordings.stop)
 
     await fleet.start()
     await until_signalled(cleanup, lambda: fleet.drain(settings.drain_timeout_s), end_now)

@@ -33,6 +33,7 @@ from parley.agent.warmup import warm_up
 from parley.agent.worker import Worker
 from parley.emulator.server import GeminiEmulator
 from parley.records.recorder import CallRecorder
+from parley.records.recording import Recordings
 from parley.records.service import Records, RecordsOptions
 from parley.records.webhooks import WebhookMetrics, WebhookSender
 from parley.records.writer import WriterMetrics
@@ -64,7 +65,13 @@ def page_config_source(settings: Settings, emulator: Callable[[], bool]) -> Page
 
     def make() -> dict[str, Any]:
         video = {"fps": settings.video_fps, "maxSide": settings.video_max_side}
-        return {"iceServers": ice(), "emulator": emulator(), "model": settings.model, "video": video}
+        return {
+            "iceServers": ice(),
+            "emulator": emulator(),
+            "model": settings.model,
+            "video": video,
+            "recorded": settings.record_audio,  # the page says "this call is recorded"
+        }
 
     return make
 
@@ -161,6 +168,7 @@ def records_options(settings: Settings) -> RecordsOptions | None:
         retention_days=settings.retention_days,
         record_client_address=settings.record_client_address,
         queue_size=settings.records_queue,
+        recordings_dir=settings.recordings_dir if settings.record_audio else None,
         prices=settings.prices,
     )
 
@@ -215,6 +223,7 @@ class Running:
     records: Records | None = None
     webhooks: WebhookSender | None = None
     tracer: CallTracer | None = None
+    recordings: Recordings | None = None
 
     async def stop(self) -> None:
         for task in self.background:
@@ -229,6 +238,8 @@ class Running:
             await self.webhooks.stop()
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # exports the last spans
+        if self.recordings is not None:
+            await asyncio.to_thread(self.recordings.stop)  # finishes the files
         if self.emulator is not None:
             await self.emulator.stop()
 
@@ -246,6 +257,7 @@ class Agent:
     records: Records | None = None
     webhooks: WebhookSender | None = None
     tracer: CallTracer | None = None
+    recordings: Recordings | None = None
 
 
 async def build_agent(
@@ -282,6 +294,11 @@ async def build_agent(
     records = await open_records(settings)
     webhooks = start_webhooks(settings, metrics)
     tracer = start_tracing(worker_name)
+    recordings = None
+    if settings.record_audio:  # never unless asked: a recording is made only with the setting on
+        recordings = Recordings(settings.recordings_dir)
+        recordings.start()
+        options.audio_tap = recordings.recording
     observers: list[CallObserver] = [metrics] if tracer is None else [metrics, tracer]
     announce = webhooks.submit if webhooks is not None else None
     if records is not None:
@@ -299,7 +316,9 @@ async def build_agent(
         options,
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
-    return Agent(worker, backend, own_emulator, background, metrics, config, records, webhooks, tracer)
+    return Agent(
+        worker, backend, own_emulator, background, metrics, config, records, webhooks, tracer, recordings
+    )
 
 
 async def start(
@@ -358,4 +377,5 @@ async def start(
         agent.records,
         agent.webhooks,
         agent.tracer,
+        agent.recordings,
     )

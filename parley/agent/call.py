@@ -26,7 +26,7 @@ from parley.agent.call_report import media_counters, media_summary
 from parley.agent.call_state import CallState, advance
 from parley.agent.downlink import PLAYOUT_RATE, ModelAudio, MonoOpusEncoder, PlayoutBuffer, PlayoutTrack
 from parley.agent.ice import rtc_configuration
-from parley.agent.observer import CallObserver, Measure
+from parley.agent.observer import CallAudioTap, CallObserver, Measure
 from parley.agent.sdp import OfferError, ask_for_inband_fec, check_offer
 from parley.agent.session import SessionEnded, SessionFactory
 from parley.agent.uplink import OpusUplink, tap_receiver
@@ -55,6 +55,8 @@ class CallOptions:
     video: VideoOptions = field(default_factory=VideoOptions)
     # Who hears what the call does: the process's metrics, records, traces (parley/agent/observer.py).
     observer: CallObserver = field(default_factory=CallObserver)
+    # A recording of the call's audio (PARLEY_RECORD_AUDIO), made for each call from its id.
+    audio_tap: Callable[[str], CallAudioTap] | None = None
 
 
 class Call:
@@ -68,11 +70,13 @@ class Call:
         self._on_ended = on_ended
         self.options = options
         self._observer = options.observer
+        self._tap = options.audio_tap(self._id) if options.audio_tap is not None else None
+        self._tap_agent = self._tap.agent if self._tap is not None else None
         self.pc = RTCPeerConnection(rtc_configuration(options.ice_servers))
         self.uplink = OpusUplink(self._on_caller_pcm, flood_guard=True)
         self.playout_buffer = PlayoutBuffer()
         self.model_audio = ModelAudio(self.playout_buffer)
-        self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
+        self.track = self._new_track()
         self.session = make_session(self)
         self.playout_buffer.live = self.session.live_audio
         self.channel: RTCDataChannel | None = None
@@ -108,6 +112,9 @@ class Call:
     def end_reason(self) -> str | None:
         return self._end_reason
 
+    def _new_track(self) -> PlayoutTrack:
+        return PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder(), self._tap_agent)
+
     def _move(self, state: CallState) -> None:
         moved = state is not self.state
         self.state = advance(self.state, state)
@@ -141,7 +148,7 @@ class Call:
         self.pc = RTCPeerConnection(rtc_configuration(self.options.ice_servers))
         # A new stream: new SSRC and sequence numbers, and a new sender for the same playout buffer.
         self.uplink = OpusUplink(self._on_caller_pcm, flood_guard=True)
-        self.track = PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder())
+        self.track = self._new_track()
         self.channel = None
         try:
             answer = await self._negotiate(self.pc, offer_sdp)
@@ -191,6 +198,8 @@ class Call:
     # --- the two directions ------------------------------------------------------------------
 
     def _on_caller_pcm(self, pcm: bytes, arrived_at: float) -> None:
+        if self._tap is not None:
+            self._tap.caller(pcm)
         self.vad.agent_speaking = self._turn_started or self.playout_buffer.queued > 0
         if self.video is not None and (self.vad.speaking or self.vad.agent_speaking):
             self.video.activity(True)  # someone speaks: video at the full rate
@@ -369,6 +378,8 @@ class Call:
 
     async def _teardown(self) -> None:
         self.emit("ended", reason=self.end_reason)
+        if self._tap is not None:
+            self._tap.close()
         await self.session.close()
         current = asyncio.current_task()
         for task in self._tasks:

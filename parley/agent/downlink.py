@@ -188,9 +188,11 @@ class PlayoutTrack(MediaStreamTrack):
         buffer: PlayoutBuffer,
         on_chunk_started: Callable[[float], None] | None = None,
         encoder: MonoOpusEncoder | None = None,
+        on_frame: Callable[[np.ndarray, int], None] | None = None,
     ) -> None:
         super().__init__()
         self.buffer = buffer
+        self._on_frame = on_frame  # each frame's samples and pts as they leave (a recording)
         self._on_chunk_started = on_chunk_started
         self._encoder = encoder
         self._idle = True
@@ -247,6 +249,8 @@ class PlayoutTrack(MediaStreamTrack):
             self._trim(time.monotonic() - due_at)
             if self._on_chunk_started is not None:
                 self._on_chunk_started(due_at)
+        if self._on_frame is not None:
+            self._on_frame(samples, self._pts)
         frame: av.AudioFrame | av.Packet
         if self._encoder is not None:
             frame = av.Packet(self._encoder.encode(samples))

@@ -38,6 +38,19 @@ class CallView(Protocol):
     def counters(self) -> dict[str, float]: ...
 
 
+class CallAudioTap(Protocol):
+    """Both sides of a call's audio as it goes (a recording): each method must only queue the audio."""
+
+    def caller(self, pcm: bytes) -> None:
+        """20 ms of the caller's decoded audio, 16 kHz mono s16."""
+
+    def agent(self, samples: Any, pts: int) -> None:
+        """One 20 ms frame leaving for the caller (the agent's voice or silence), 48 kHz mono int16, at
+        `pts` (48 kHz; it jumps over silence the sender skipped)."""
+
+    def close(self) -> None: ...
+
+
 class CallObserver:
     """Does nothing: an observer overrides what it cares about."""
 

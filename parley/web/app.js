@@ -105,6 +105,7 @@ navigator.mediaDevices?.addEventListener?.("devicechange", async () => {
 });
 
 client.loadConfig().then((config) => {
+  $("recorded").hidden = !config.recorded; // PARLEY_RECORD_AUDIO: callers are told before they speak
   if (config.emulator) {
     $("mode").hidden = false;
     $("mode").textContent = "Offline emulator mode: no Gemini key is set, so the agent echoes what you say after each turn.";
