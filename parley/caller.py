@@ -173,9 +173,12 @@ class Caller:
         ice_servers: list[dict[str, Any]] | None = None,
         relay_only: bool = False,
         camera: ColourCamera | None = None,
+        agent: str | None = None,
+        variables: dict[str, str] | None = None,
     ) -> None:
         """`encoder` replaces the Opus encoder (tests send garbage or floods with one); `camera`
-        adds a video track (a synthetic camera) beside the microphone."""
+        adds a video track (a synthetic camera) beside the microphone; `agent` and `variables` choose
+        and fill in the agent (the offer then goes as JSON, like the page's)."""
         self.server_url = server_url.rstrip("/") + "/"
         self._token = token
         configuration = rtc_configuration(ice_servers or [])
@@ -198,6 +201,8 @@ class Caller:
         self.answer_sdp = ""
         self._session: aiohttp.ClientSession | None = None
         self.camera = camera
+        self.agent = agent
+        self.variables = variables
 
     async def connect(self, timeout_s: float = 10.0, resume: str | None = None) -> None:
         """Call the server; with `resume`, rejoin that call on this new connection."""
@@ -216,18 +221,28 @@ class Caller:
         started = time.monotonic()
         await pc.setLocalDescription(await pc.createOffer())
         self._session = aiohttp.ClientSession()
+        params = {"resume": resume} if resume else {}
+        if self.agent is not None:
+            params["agent"] = self.agent
+        as_json = self.variables is not None
+        offer: str = pc.localDescription.sdp
+        if as_json:
+            offer = json.dumps({"type": "offer", "sdp": offer, "variables": self.variables})
         async with self._session.post(
             urljoin(self.server_url, "v1/calls"),
-            params={"resume": resume} if resume else None,
-            data=pc.localDescription.sdp,
+            params=params,
+            data=offer,
             headers={
-                "Content-Type": "application/sdp",
+                "Content-Type": "application/json" if as_json else "application/sdp",
                 **({"Authorization": f"Bearer {self._token}"} if self._token else {}),
             },
         ) as response:
-            body = self.answer_sdp = await response.text()
+            body = await response.text()
             if response.status != 201:
                 raise RuntimeError(f"call refused: {response.status} {body}")
+            if as_json:
+                body = json.loads(body)["sdp"]
+            self.answer_sdp = body
             self.call_url = urljoin(self.server_url, response.headers["Location"])
         self.timings["answer_ms"] = (time.monotonic() - started) * 1000
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))

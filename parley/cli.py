@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> None:
     settings.port = args.port if args.port is not None else settings.port
     if args.backend:
         settings.backend = args.backend
+    settings.agents_file = args.agents or settings.agents_file
     refuse_public_without_secret(settings.host, settings.join_secret, args.allow_unauthenticated)
     for module in args.tools or []:
         load_tool_module(module)
@@ -46,9 +47,21 @@ def _token(args: argparse.Namespace) -> None:
     secret = os.environ.get("PARLEY_JOIN_SECRET")
     if not secret:
         raise SystemExit("PARLEY_JOIN_SECRET is not set: it is the secret the server checks tokens with")
+    variables = {}
+    for pair in args.var or []:
+        name, equals, value = pair.partition("=")
+        if not equals:
+            raise SystemExit(f"--var takes NAME=VALUE, got {pair!r}")
+        variables[name] = value
     print(
         mint_join_token(
-            secret, ttl_s=args.ttl, max_seconds=args.max_seconds, uses=args.uses, subject=args.subject
+            secret,
+            ttl_s=args.ttl,
+            max_seconds=args.max_seconds,
+            uses=args.uses,
+            subject=args.subject,
+            agent=args.agent,
+            variables=variables,
         )
     )
 
@@ -68,7 +81,14 @@ def _call(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _agents_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--agents", metavar="FILE", help="agent profiles, a TOML file of [agents.NAME] tables (PARLEY_AGENTS)"
+    )
+
+
 def _signaling_arguments(parser: argparse.ArgumentParser) -> None:
+    _agents_argument(parser)
     parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
@@ -80,6 +100,10 @@ def _signaling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    _agents_argument(parser)
+    parser.add_argument(
+        "--agents-only", metavar="NAME,...", help="take calls of these agents only (default: any agent)"
+    )
     parser.add_argument("--redis", metavar="URL", help="Redis URL (default PARLEY_REDIS_URL)")
     parser.add_argument("--id", help="worker id (default PARLEY_WORKER_ID, else host-pid)")
     parser.add_argument("--max-calls", type=int, default=None, help=f"calls to take (default {12})")
@@ -128,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         help="import MODULE and offer its @tool functions to the model (repeatable)",
     )
     serve.add_argument("--example-tools", action="store_true", help="offer the example tool (current time)")
+    _agents_argument(serve)
     serve.add_argument(
         "--allow-unauthenticated",
         action="store_true",
@@ -144,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--max-seconds", type=float, default=None, help="longest call it admits")
     token.add_argument("--uses", type=int, default=None, help="how many calls it may start")
     token.add_argument("--subject", default=None, help="who it is for (appears in logs)")
+    token.add_argument("--agent", default=None, help="the only agent it starts")
+    token.add_argument(
+        "--var", action="append", metavar="NAME=VALUE", help="a variable for the agent (repeatable)"
+    )
     token.set_defaults(run=_token)
 
     call = commands.add_parser("call", help="a headless caller: play a WAV into a call, record the answer")

@@ -2,7 +2,7 @@
 
 Every long-running command waits in `until_signalled`: SIGINT ends at once; SIGTERM drains when the
 command can (no new calls, the current ones may finish), and a second signal while draining ends the
-calls now. Cleanup runs in every case.
+calls now. Cleanup runs in every case. SIGHUP re-reads the agents file (`reload_on_sighup`).
 
 `parley worker` and `parley signaling` are put together here from the settings: the fleet room
 (parley/fleet) and the HTTP API (parley/signaling) only see their own option objects.
@@ -31,6 +31,7 @@ from parley.fleet.monitor import default_worker_id
 from parley.fleet.options import FleetOptions
 from parley.fleet.rpc_server import FleetWorker
 from parley.records.service import Records
+from parley.profiles import ProfileStore
 from parley.settings import Settings
 from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
 from parley.signaling.app import create_app
@@ -82,6 +83,13 @@ async def until_signalled(
     return signals[0]
 
 
+def reload_on_sighup(profiles: ProfileStore) -> None:
+    """SIGHUP re-reads the agents file: new calls get the new profiles, calls in progress keep theirs,
+    and a file that does not validate is refused with a log line (the old profiles stay)."""
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' loop
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, profiles.reload)
+
+
 def fleet_options(settings: Settings) -> FleetOptions:
     if not settings.redis_url:
         raise ValueError("a Redis URL is needed")
@@ -118,6 +126,8 @@ async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
     from parley.server import start
 
     running = await start(settings, tools)
+    if running.profiles is not None:
+        reload_on_sighup(running.profiles)
 
     async def cleanup() -> None:
         logger.warning("shutting down: ending %d calls", len(running.worker.calls))
@@ -142,6 +152,9 @@ def run_worker_command(args: argparse.Namespace) -> None:
         settings.backend = args.backend
     if args.health_port is not None:
         settings.worker_health_port = args.health_port
+    settings.agents_file = args.agents or settings.agents_file
+    if args.agents_only:
+        settings.agents_only = [name.strip() for name in args.agents_only.split(",") if name.strip()]
     for module in args.tools or []:
         load_tool_module(module)
     raise SystemExit(asyncio.run(run_worker(settings, default_registry, args.id)))
@@ -158,12 +171,16 @@ async def run_worker(
         settings, tools, max_calls=settings.max_calls or DEFAULT_WORKER_CALLS, worker_name=worker_id
     )
     worker, metrics = agent.worker, agent.metrics
+    unknown = [name for name in settings.agents_only or [] if name not in agent.profiles.catalog]
+    if unknown:
+        raise SystemExit(f"--agents-only names agents the agents file does not have: {', '.join(unknown)}")
+    reload_on_sighup(agent.profiles)
     if settings.turn_secret:
         worker.ice_server_source = ice_server_source(
             settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, worker_id
         )
     logger.warning("worker %s warmed up in %.2f s", worker_id, await warm_up())
-    fleet = FleetWorker(worker, fleet_options(settings), worker_id, agent.backend)
+    fleet = FleetWorker(worker, fleet_options(settings), worker_id, agent.backend, settings.agents_only)
     metrics.start()
     runner: web.AppRunner | None = None
     if settings.worker_health_port:
@@ -202,7 +219,7 @@ async def run_worker(
 
 
 def create_fleet_app(
-    settings: Settings, host: RedisCallHost, records: CallRecords | None = None
+    settings: Settings, host: RedisCallHost, profiles: ProfileStore, records: CallRecords | None = None
 ) -> web.Application:
     from parley.server import page_config_source, web_root
 
@@ -216,6 +233,7 @@ def create_fleet_app(
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
         records=records,
         admin_token=settings.admin_token,
+        profiles=profiles,
     )
 
     async def readyz(request: web.Request) -> web.Response:
@@ -235,6 +253,7 @@ class RunningSignaling:
     runner: web.AppRunner
     host: RedisCallHost
     port: int
+    profiles: ProfileStore
     records: Records | None = None
 
     async def stop(self) -> None:
@@ -245,17 +264,17 @@ class RunningSignaling:
 
 
 async def start_signaling(settings: Settings) -> RunningSignaling:
+    from parley.agent_plans import open_profiles
     from parley.server import open_records
 
+    # The agents' names, origins and variables are checked here; the tools are the workers' to check.
+    profiles = open_profiles(settings)
     host = RedisCallHost(fleet_options(settings))
     await host.start()
     records = await open_records(settings)
     # On shutdown, requests in flight get as long as a dispatch may take.
-    runner = web.AppRunner(
-        create_fleet_app(settings, host, records),
-        access_log=None,
-        shutdown_timeout=settings.dispatch_timeout_s + 1,
-    )
+    app = create_fleet_app(settings, host, profiles, records)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -263,7 +282,7 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
     logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
     if settings.join_secret is None:
         logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
-    return RunningSignaling(runner, host, port, records)
+    return RunningSignaling(runner, host, port, profiles, records)
 
 
 def _safe_url(settings: Settings) -> str:
@@ -282,12 +301,14 @@ def run_signaling_command(args: argparse.Namespace) -> None:
         raise SystemExit("parley signaling needs --redis URL (or PARLEY_REDIS_URL)")
     settings.host = args.host or settings.host
     settings.port = args.port if args.port is not None else settings.port
+    settings.agents_file = args.agents or settings.agents_file
     refuse_public_without_secret(settings.host, settings.join_secret, args.allow_unauthenticated)
     asyncio.run(serve_signaling(settings))
 
 
 async def serve_signaling(settings: Settings) -> None:
     running = await start_signaling(settings)
+    reload_on_sighup(running.profiles)
     await until_signalled(running.stop)
 
 

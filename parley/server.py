@@ -20,8 +20,9 @@ from google.genai import types
 
 from parley.agent.call import CallOptions
 from parley.agent.credentials import FreshCredentials
-from parley.agent.gemini import SessionConfig, gemini_sessions
+from parley.agent.gemini import gemini_sessions
 from parley.agent.ice import offer_host_addresses
+from parley.agent.live_config import SessionConfig
 from parley.agent.loopback import loopback_sessions
 from parley.agent.metrics import Metrics
 from parley.agent.observer import CallObserver, Observers
@@ -31,7 +32,9 @@ from parley.agent.turn_credentials import ice_server_source
 from parley.agent.video import VideoOptions
 from parley.agent.warmup import warm_up
 from parley.agent.worker import Worker
+from parley.agent_plans import call_planner, open_profiles
 from parley.emulator.server import GeminiEmulator
+from parley.profiles import ProfileStore
 from parley.records.recorder import CallRecorder
 from parley.records.recording import Recordings
 from parley.records.service import Records, RecordsOptions
@@ -224,6 +227,7 @@ class Running:
     webhooks: WebhookSender | None = None
     tracer: CallTracer | None = None
     recordings: Recordings | None = None
+    profiles: ProfileStore | None = None
 
     async def stop(self) -> None:
         for task in self.background:
@@ -253,11 +257,13 @@ class Agent:
     emulator: GeminiEmulator | None  # started here, so stopped by whoever stops the process
     background: list[asyncio.Task[None]]
     metrics: Metrics
-    session_config: SessionConfig  # what every Gemini session of this process is made with
+    session_config: SessionConfig  # what each call's Gemini session is made from (with its agent's profile)
     records: Records | None = None
     webhooks: WebhookSender | None = None
     tracer: CallTracer | None = None
     recordings: Recordings | None = None
+    # The agents calls are made from (a store of the one default agent, unless given one).
+    profiles: ProfileStore = field(default_factory=lambda: ProfileStore.open(None))
 
 
 async def build_agent(
@@ -266,8 +272,10 @@ async def build_agent(
     emulator: GeminiEmulator | None = None,
     max_calls: int | None = None,
     worker_name: str = "serve",
+    profiles: ProfileStore | None = None,
 ) -> Agent:
-    """The Gemini backend `settings` ask for (an in-process emulator when no key is set) and a worker on it.
+    """The Gemini backend `settings` ask for (an in-process emulator when no key is set) and a worker on it,
+    making each call from its agent's profile (`profiles`, else the agents file the settings name).
     An `emulator` passed in (tests) is used as it is."""
     offer_host_addresses(settings.ice_host_addresses)
     backend = settings.resolved_backend()
@@ -281,14 +289,17 @@ async def build_agent(
             emulator.base_url,
         )
     background: list[asyncio.Task[None]] = []
-    config = session_config(settings, tools or ToolRegistry())
-    sessions: SessionFactory
+    registry = tools or ToolRegistry()
+    store = profiles or open_profiles(settings, registry)
+    config = session_config(settings, registry)
+    sessions: Callable[[SessionConfig], SessionFactory]
     if backend == "loopback":
-        sessions = loopback_sessions()
+        echo = loopback_sessions()
+        sessions = lambda _config: echo  # noqa: E731 - an echo has no model to configure
     else:
         credentials = await fresh_vertex_credentials(background) if emulator is None else None
         client = make_client(settings, emulator, credentials)
-        sessions = gemini_sessions(client, config)
+        sessions = lambda call_config: gemini_sessions(client, call_config)  # noqa: E731
     metrics = Metrics()
     options = call_options(settings)
     records = await open_records(settings)
@@ -312,12 +323,13 @@ async def build_agent(
     if backend == "loopback":
         options.local_bargein = False  # the echo is the user's own voice: it must not cut itself off
     worker = Worker(
-        sessions,
+        call_planner(store, config, registry, sessions),
         options,
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
     return Agent(
-        worker, backend, own_emulator, background, metrics, config, records, webhooks, tracer, recordings
+        worker, backend, own_emulator, background, metrics, config, records, webhooks, tracer, recordings,
+        profiles=store,
     )
 
 
@@ -343,6 +355,7 @@ async def start(
         admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
         records=agent.records,
         admin_token=settings.admin_token,
+        profiles=agent.profiles,
     )
     if settings.join_secret is None:
         logger.warning(
@@ -378,4 +391,5 @@ async def start(
         agent.webhooks,
         agent.tracer,
         agent.recordings,
+        profiles=agent.profiles,
     )

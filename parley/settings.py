@@ -102,6 +102,10 @@ class Settings:
     # empty: this server's own origin only.
     allowed_origins: list[str] = field(default_factory=list)
     web_root: str | None = None
+    # Agent profiles (`--agents FILE`): a TOML file of `[agents.NAME]` tables; None: the one agent
+    # `default`, made of the settings above. A worker started with --agents-only serves only those.
+    agents_file: str | None = None
+    agents_only: list[str] | None = None
     # Scale-out (`parley signaling` / `parley worker`): see parley/fleet/ and parley/processes.py.
     redis_url: str | None = None
     redis_prefix: str = "parley"
@@ -163,6 +167,7 @@ class Settings:
         s.ice_servers = parse_ice_servers(os.environ.get("PARLEY_ICE_SERVERS", ""))
         s.ice_host_addresses = _env_list("PARLEY_ICE_HOST_ADDRESSES")
         s.web_root = os.environ.get("PARLEY_WEB_ROOT") or None
+        s.agents_file = os.environ.get("PARLEY_AGENTS") or None
         s.allowed_origins = _env_list("PARLEY_ALLOWED_ORIGINS") or []
         s.redis_url = os.environ.get("PARLEY_REDIS_URL") or None
         s.redis_prefix = os.environ.get("PARLEY_REDIS_PREFIX") or s.redis_prefix

@@ -17,6 +17,7 @@ from parley.emulator.server import GeminiEmulator
 from parley.server import start
 from parley.signaling.access import RateLimiter, TokenError, mint_join_token, verify_join_token
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "join-secret-for-tests-9f8e7d6c5b4a"
@@ -100,7 +101,8 @@ async def test_a_token_limits_the_call_length(emulator: GeminiEmulator) -> None:
         await caller.connect()
         ended = await caller.wait_for_event("ended", timeout_s=8)
         assert ended["reason"] == "max_duration"
-        assert running.worker.calls_ended == {"max_duration": 1}
+        # the event leaves at the start of the teardown, the count is made at its end
+        await wait_until(lambda: running.worker.calls_ended == {"max_duration": 1}, 10, "the call to end")
     finally:
         await caller.hang_up()
         await running.stop()

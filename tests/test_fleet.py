@@ -123,7 +123,7 @@ class Fleet:
         assert self.signaling is not None
         return self.signaling.host
 
-    async def start_signaling(self) -> None:
+    async def start_signaling(self, **overrides: Any) -> None:
         settings = Settings(
             host="127.0.0.1",
             port=0,
@@ -131,12 +131,19 @@ class Fleet:
             heartbeat_s=HEARTBEAT_S,
             worker_ttl_s=WORKER_TTL_S,
             dispatch_timeout_s=15.0,
+            **overrides,
         )
         self.signaling = await start_signaling(settings)
         self.http = aiohttp.ClientSession()
 
     async def start_workers(
-        self, *ids: str, max_calls: int = 8, drain_timeout_s: float = 60, health_port: int = 0
+        self,
+        *ids: str,
+        max_calls: int = 8,
+        drain_timeout_s: float = 60,
+        health_port: int = 0,
+        args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         other_backends = ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI")
         env = {k: v for k, v in os.environ.items() if k not in other_backends}
@@ -155,6 +162,7 @@ class Fleet:
                 # a loaded 2-core test machine lags: only the call cap limits these workers
                 "PARLEY_WORKER_MAX_LAG_MS": "5000",
                 "PARLEY_WORKER_MAX_CPU": "8",
+                **(extra_env or {}),
             }
         )
         for worker_id in ids:
@@ -168,6 +176,7 @@ class Fleet:
                 self.redis.url,
                 "--id",
                 worker_id,
+                *args,
                 cwd=ROOT,
                 env={**env, "PARLEY_WORKER_ID": worker_id},
                 stdout=log,
@@ -183,8 +192,8 @@ class Fleet:
     def log(self, worker_id: str) -> str:
         return (self.workdir / f"worker-{worker_id}.log").read_text(errors="replace")
 
-    async def call(self) -> Caller:
-        caller = Caller(self.url)
+    async def call(self, **kwargs: Any) -> Caller:
+        caller = Caller(self.url, **kwargs)
         self.callers.append(caller)
         await caller.connect(timeout_s=30)
         return caller

@@ -6,7 +6,7 @@ from typing import Any
 
 from parley.agent.call import CallOptions
 from parley.agent.loopback import loopback_sessions
-from parley.agent.worker import Worker
+from parley.agent.worker import Worker, single_agent
 from parley.fleet.host import RedisCallHost, WorkerView
 from parley.fleet.options import FleetOptions
 from parley.fleet.rpc_server import FleetWorker
@@ -64,7 +64,7 @@ def test_a_reply_newer_than_the_heartbeat_wins_and_a_restart_starts_over() -> No
 
 def test_a_worker_over_its_limits_takes_no_calls() -> None:
     options = FleetOptions(redis_url="redis://127.0.0.1:1/0", worker_max_lag_ms=100, worker_max_cpu=0.9)
-    worker = Worker(loopback_sessions(), CallOptions(), max_calls=4)
+    worker = Worker(single_agent(loopback_sessions()), CallOptions(), max_calls=4)
     fleet = FleetWorker(worker, options, "w")
     assert fleet.over_limits() is None and fleet.load_ratio() == 0
     fleet.monitor.lag_ms = 150

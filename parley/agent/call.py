@@ -61,9 +61,13 @@ class CallOptions:
 
 class Call:
     def __init__(
-        self, make_session: SessionFactory, options: CallOptions, on_ended: Callable[[Call], None]
+        self,
+        make_session: SessionFactory,
+        options: CallOptions,
+        on_ended: Callable[[Call], None],
+        call_id: str | None = None,
     ) -> None:
-        self._id = uuid.uuid4().hex
+        self._id = call_id or uuid.uuid4().hex
         self.created_at = time.monotonic()
         self.state = CallState.NEW
         self._end_reason: str | None = None
@@ -183,9 +187,9 @@ class Call:
         for extra in audio[1:]:
             extra.direction = "inactive"
         video = [t for t in pc.getTransceivers() if t.kind == "video"]
-        for extra in video[1:]:
-            extra.direction = "inactive"  # rejected m-lines (port 0): check_offer allows one live one
-        if video:
+        for extra in video[1:] if self.options.video.enabled else video:
+            extra.direction = "inactive"  # rejected m-lines (port 0), or the agent takes no video
+        if video and self.options.video.enabled:
             video[0].direction = "recvonly"
             if self.video is None:
                 self.video = VideoPath(
@@ -289,6 +293,9 @@ class Call:
     def on_observed(self, kind: str, detail: dict[str, Any]) -> None:
         self._observer.call_event(self, kind, detail)
 
+    def on_grounding(self, detail: dict[str, Any]) -> None:
+        self.emit("grounding", **detail)
+
     def on_session_event(self, kind: str, detail: dict[str, Any]) -> None:
         logger.info("call %s: gemini %s %s", self.id[:8], kind, detail)
         self.emit("session", event=kind, **detail)
@@ -299,6 +306,7 @@ class Call:
         self.channel = channel
         channel.on("message", self._on_client_message)
         self.emit("call", id=self.id)
+        self.session.caller_connected()  # its events now reach the caller: the agent may greet
 
     def _on_client_message(self, message: str | bytes) -> None:
         if len(message) > MAX_CLIENT_MESSAGE:
@@ -356,6 +364,8 @@ class Call:
         state = self.pc.connectionState
         if state == "connected":
             self._move(CallState.ACTIVE)
+            # A caller without an events channel is greeted too, once its media has had a moment.
+            asyncio.get_running_loop().call_later(1.0, self.session.caller_connected)
         elif state == "failed" and self.options.rejoin_grace_s > 0:
             # The caller may come back on a new connection (POST /v1/calls with "resume").
             self._move(CallState.RECONNECTING)

@@ -21,15 +21,14 @@ import logging
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from google import genai
 from google.genai import errors, types
 from websockets.exceptions import ConnectionClosed
 
+from parley.agent.live_config import SessionConfig, greeting_text, shape_setup
 from parley.agent.session import SessionEnded, SessionFactory, SessionListener, SessionStats
-from parley.agent.tools import ToolRegistry
 from parley.agent.usage import add_modalities, grounding_sources
 
 logger = logging.getLogger(__name__)
@@ -38,25 +37,6 @@ INPUT_MIME = "audio/pcm;rate=16000"
 VIDEO_MIME = "image/jpeg"
 INPUT_BYTES_PER_SECOND = 16000 * 2
 STABLE_CONNECTION_S = 10.0
-
-
-@dataclass
-class SessionConfig:
-    model: str = "gemini-3.8-live"
-    voice: str = "Kore"
-    system_instruction: str = ""
-    uplink_chunk_ms: int = 20
-    # Audio kept for re-sending after a reconnect; past this the oldest is dropped (and counted).
-    resend_buffer_s: float = 15.0
-    max_consecutive_failures: int = 4
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 4.0
-    # On goAway, wait for a turn boundary only while at least this much of the connection is left.
-    goaway_margin_s: float = 5.0
-    context_compression: bool = True
-    media_resolution: str | None = None  # LOW, MEDIUM or HIGH: tokens per video frame; None: the default
-    tools: ToolRegistry = field(default_factory=ToolRegistry)
-    tool_timeout_s: float = 10.0
 
 
 class _Connection:
@@ -99,6 +79,9 @@ class GeminiSession:
         self._handle: str | None = None
         self._transcript: list[tuple[str, str]] = []
         self._closed = False
+        # Said once, when the caller is there to hear it (a reconnect carries on the conversation).
+        self._greeting = config.greeting
+        self._caller_here = False
         self.stats = SessionStats()
         self.live_audio = False  # Gemini speaks in bursts, ahead of playout
 
@@ -130,6 +113,10 @@ class GeminiSession:
             self._outbox_bytes += len(self._partial)
             self._partial.clear()
         self._outbox.append((b"", 0.0))
+        self._wake.set()
+
+    def caller_connected(self) -> None:
+        self._caller_here = True
         self._wake.set()
 
     def _trim(self) -> None:
@@ -240,6 +227,7 @@ class GeminiSession:
         declarations = cfg.tools.declarations()
         if declarations:
             config.tools = [types.Tool(function_declarations=declarations)]
+        shape_setup(config, cfg)
         return config
 
     async def _open(self) -> _Connection:
@@ -309,6 +297,11 @@ class GeminiSession:
 
     async def _send_loop(self, conn: _Connection) -> None:
         while not self._closed:
+            if self._greeting and self._caller_here:
+                # Text in the realtime stream: how a 3.x model is asked to speak mid-session.
+                await conn.live.send_realtime_input(text=greeting_text(self._greeting))
+                self._greeting = None
+                continue
             if not self._outbox:
                 if self._video is not None:
                     # Audio goes first: a frame is sent only when no audio chunk is waiting.
@@ -368,8 +361,9 @@ class GeminiSession:
                 )
             if content.grounding_metadata is not None:
                 sources = grounding_sources(content.grounding_metadata)
-                if sources:
-                    self._listener.on_observed("grounding", {"sources": sources})
+                if sources:  # to the caller (a grounding event) and to the call's observers
+                    queries = list(content.grounding_metadata.web_search_queries or [])
+                    self._listener.on_grounding({"sources": sources, "queries": queries})
             if content.interrupted:
                 conn.generating = False
                 self._listener.on_interrupted()
@@ -421,7 +415,7 @@ class GeminiSession:
 
         async def run_tool() -> None:
             result = await self._config.tools.call(
-                call.name or "", call.args or {}, self._config.tool_timeout_s
+                call.name or "", call.args or {}, self._config.tool_timeout_s, self._config.context
             )
             conn.tool_tasks.pop(call_id, None)
             self._listener.on_observed(

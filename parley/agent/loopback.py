@@ -51,6 +51,9 @@ class LoopbackSession:
     def end_audio_stream(self) -> None:
         pass  # nothing is buffered
 
+    def caller_connected(self) -> None:
+        pass  # an echo never speaks first
+
     async def run(self) -> None:
         self.stats.connections = 1
         self._listener.on_session_event("connected", {"resumed": False, "connection": 1, "loopback": True})

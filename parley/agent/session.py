@@ -17,6 +17,8 @@ class SessionListener(Protocol):
     def on_turn_complete(self, cut: bool = False) -> None: ...
     def on_transcript(self, role: str, text: str, finished: bool) -> None: ...
     def on_session_event(self, kind: str, detail: dict[str, Any]) -> None: ...
+    def on_grounding(self, detail: dict[str, Any]) -> None:
+        """An answer grounded with Google Search: its `sources` ({title, uri}) and `queries`."""
     def on_audio_sent(self, latency_s: float) -> None:
         """A chunk of caller audio left for the model `latency_s` after its first packet arrived."""
     def on_observed(self, kind: str, detail: dict[str, Any]) -> None:
@@ -66,6 +68,9 @@ class Session(Protocol):
 
     def end_audio_stream(self) -> None:
         """The caller paused: whatever is buffered goes, and the model may end the turn."""
+
+    def caller_connected(self) -> None:
+        """The caller hears the call and gets its events: an agent that speaks first does so now."""
 
     async def run(self) -> None:
         """Hold the conversation until `close()`; raises SessionEnded when it cannot go on."""

@@ -9,7 +9,15 @@
 
 Each function's name, docstring and annotated parameters become its declaration in the session setup.
 A module given with `parley serve --tools mypackage.tools` is imported, and every function it decorates
-with `@tool` (from the default registry) is offered to the model.
+with `@tool` (from the default registry) is offered to the model (an agent profile's `tools` picks some).
+
+A tool that wants to know whose call it serves declares a parameter annotated `CallContext`: it gets
+the call's id, agent and variables, and the model never sees that parameter.
+
+    @tool
+    def lookup_order(context: CallContext) -> dict:
+        "The caller's order."
+        return orders.get(context.variables.get("order_id", ""))
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 from google.genai import types
@@ -35,6 +44,20 @@ _JSON_TYPES: dict[Any, str] = {
 }
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """Whose call a tool serves: given to a tool parameter annotated with this class."""
+
+    call_id: str
+    agent: str = "default"
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+def _context_parameters(function: Callable[..., Any]) -> list[str]:
+    hints = get_type_hints(function)
+    return [name for name in inspect.signature(function).parameters if hints.get(name) is CallContext]
+
+
 class ToolRegistry:
     def __init__(self) -> None:
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -49,14 +72,26 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._functions)
 
+    def subset(self, names: Iterable[str]) -> ToolRegistry:
+        """Only the named tools (KeyError for one not registered)."""
+        chosen = ToolRegistry()
+        for name in names:
+            chosen.register(self._functions[name])
+        return chosen
+
     def declarations(self) -> list[types.FunctionDeclaration]:
         return [_declaration(f) for f in self._functions.values()]
 
-    async def call(self, name: str, args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    async def call(
+        self, name: str, args: dict[str, Any], timeout_s: float, context: CallContext | None = None
+    ) -> dict[str, Any]:
         """Run a tool; failures and timeouts become an `error` answer the model can speak about."""
         function = self._functions.get(name)
         if function is None:
             return {"error": f"no tool named {name!r}"}
+        args = dict(args)
+        for parameter in _context_parameters(function):
+            args[parameter] = context  # never what the model sent under that name
         try:
             if inspect.iscoroutinefunction(function):
                 result = await asyncio.wait_for(function(**args), timeout_s)
@@ -77,6 +112,8 @@ def _declaration(function: Callable[..., Any]) -> types.FunctionDeclaration:
     properties: dict[str, types.Schema] = {}
     required: list[str] = []
     for name, param in inspect.signature(function).parameters.items():
+        if hints.get(name) is CallContext:
+            continue  # Parley's to give, not the model's
         kind = _JSON_TYPES.get(hints.get(name, str), "STRING")
         properties[name] = types.Schema(type=types.Type(kind))
         if param.default is inspect.Parameter.empty:

@@ -48,6 +48,7 @@ BLACK_LUMA = 24
 
 @dataclass
 class VideoOptions:
+    enabled: bool = True  # False: an offer's video is answered inactive (an agent profile's `video`)
     fps: float = 1.0  # frames sent per second while someone speaks (PARLEY_VIDEO_FPS)
     idle_fps: float = 0.5  # ...and while nobody does (PARLEY_VIDEO_IDLE_FPS)
     idle_after_s: float = 2.0  # speech this long ago still counts as speaking

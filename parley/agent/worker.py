@@ -2,6 +2,10 @@
 
 `parley serve` runs one in-process; the signaling server talks to it only through the `CallHost`
 methods below (create_call, end_call, describe_call, stats), so a remote worker can stand in its place.
+
+What a call is made of (its agent's conversation, call length, whether it takes video) comes from a
+`CallPlanner` the composition root builds from the agent profiles, so calls of different agents share
+one worker and a reload of the profiles changes only the calls that start after it.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from parley.agent.call import Call, CallOptions
@@ -21,6 +27,35 @@ logger = logging.getLogger(__name__)
 
 class CallNotFound(KeyError):
     pass
+
+
+class UnknownAgent(LookupError):
+    """The call names an agent this worker does not have."""
+
+
+@dataclass
+class CallPlan:
+    """One call's agent and what the agent makes of the call."""
+
+    agent: str
+    make_session: SessionFactory
+    max_duration_s: float | None = None  # the agent's longest call; None: the worker's
+    video: bool = True  # False: the call takes no video
+
+
+# (call id, agent name or None for the default, variables) -> the plan; raises UnknownAgent.
+CallPlanner = Callable[[str, str | None, Mapping[str, str]], CallPlan]
+
+
+def single_agent(make_session: SessionFactory, agent: str = "default") -> CallPlanner:
+    """Every call the same conversation: a worker without profiles (tests, the loopback backend)."""
+
+    def plan(call_id: str, name: str | None, variables: Mapping[str, str]) -> CallPlan:
+        if name not in (None, agent):
+            raise UnknownAgent(name)
+        return CallPlan(agent, make_session)
+
+    return plan
 
 
 class WorkerBusy(Exception):
@@ -35,33 +70,47 @@ class WorkerBusy(Exception):
 class Worker:
     def __init__(
         self,
-        make_session: SessionFactory,
+        plan: CallPlanner,
         call_options: CallOptions,
         max_calls: int = 0,
     ) -> None:
-        self._make_session = make_session  # Gemini, the emulator behind the SDK, or the loopback echo
+        self._plan = plan  # Gemini, the emulator behind the SDK, or the loopback echo, per agent
         self.call_options = call_options
         self.max_calls = max_calls  # 0: no limit
         self.accepting = True
         self.calls: dict[str, Call] = {}
+        self.agents: dict[str, str] = {}  # call id -> its agent
         self.calls_started = 0
         self.calls_ended: dict[str, int] = {}
         # When set, each call gets its own ICE servers from it (fresh TURN credentials per call).
         self.ice_server_source: Callable[[], list[dict[str, Any]]] | None = None
 
-    async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]:
-        """Answer an offer: (call id, SDP answer). Raises OfferError for an offer it cannot take,
-        WorkerBusy when it is full or draining."""
+    async def create_call(
+        self,
+        offer_sdp: str,
+        max_seconds: float | None = None,
+        agent: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Answer an offer for `agent` (None: the default one): (call id, SDP answer). Raises OfferError
+        for an offer it cannot take, UnknownAgent, WorkerBusy when it is full or draining."""
         if not self.accepting:
             raise WorkerBusy("this worker is shutting down")
         if self.max_calls and len(self.calls) >= self.max_calls:
             raise WorkerBusy(f"all {self.max_calls} call slots are in use")
+        call_id = uuid.uuid4().hex
+        plan = self._plan(call_id, agent, variables or {})
         options = self.call_options
         if self.ice_server_source is not None:
             options = dataclasses.replace(options, ice_servers=self.ice_server_source())
-        if max_seconds is not None and max_seconds < options.max_duration_s:
+        if plan.max_duration_s is not None:  # the agent's own limit replaces the process's
+            options = dataclasses.replace(options, max_duration_s=plan.max_duration_s)
+        if max_seconds is not None and max_seconds < options.max_duration_s:  # the join token's
             options = dataclasses.replace(options, max_duration_s=max_seconds)
-        call = Call(self._make_session, options, self._forget)
+        if not plan.video:
+            options = dataclasses.replace(options, video=dataclasses.replace(options.video, enabled=False))
+        call = Call(plan.make_session, options, self._forget, call_id)
+        self.agents[call.id] = plan.agent
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer_sdp)
@@ -100,7 +149,7 @@ class Worker:
         call = self.calls.get(call_id)
         if call is None:
             raise CallNotFound(call_id)
-        return call.summary()
+        return {**call.summary(), "agent": self.agents.get(call_id)}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -126,5 +175,6 @@ class Worker:
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
+        self.agents.pop(call.id, None)
         reason = call.end_reason or "unknown"
         self.calls_ended[reason] = self.calls_ended.get(reason, 0) + 1

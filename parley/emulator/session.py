@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from .audio import INPUT_RATE, OUTPUT_RATE, Int16Array, array_to_pcm, chime, pcm_to_array, resample
+from .grounding import grounding_metadata, wants_search
 from .options import EmulatorOptions
 from .protocol import (
     CLOSE_INVALID_ARGUMENT,
@@ -99,6 +100,7 @@ class SessionConfig:
     explicit_vad_signal: bool = False
     function_names: list[str] = field(default_factory=list)
     tokens_per_frame: int = 256  # by generationConfig.mediaResolution
+    google_search: bool = False  # grounded replies carry groundingMetadata
 
 
 def _int(value: Any, where: str) -> int:
@@ -315,6 +317,7 @@ class LiveSession:
             pick(setup, "explicit_vad_signal", False)
         )
         cfg.function_names = _function_names(pick(setup, "tools"))
+        cfg.google_search = wants_search(pick(setup, "tools"))
         cfg.tokens_per_frame = tokens_per_frame(pick_path(setup, "generation_config", "media_resolution"))
 
     # ------------------------------------------------------------------ reading
@@ -619,6 +622,9 @@ class LiveSession:
         out_text = self._output_text(progress, tool_results)
         if cfg.output_transcription and not cfg.text_replies:
             await self._send({"serverContent": {"outputTranscription": {"text": out_text, "finished": True}}})
+        if cfg.google_search:
+            query = turn.text or self._input_text(turn)
+            await self._send({"serverContent": {"groundingMetadata": grounding_metadata(query)}})
         await self._send({"serverContent": {"generationComplete": True}})
         # The model assumes real-time playback: turnComplete waits until the client has
         # played the reply, and until then the user can still barge in.

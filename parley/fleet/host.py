@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ class WorkerView:
     version: int = 0
     backend: str = ""
     host: str = ""
+    agents: frozenset[str] | None = None  # the only agents it serves (--agents-only); None: any
     seen_at: float = 0.0  # monotonic time of the last heartbeat read
     inflight: int = 0  # offers sent and not yet answered
     suspect_until_version: int = -1  # did not answer: skipped until it heartbeats again
@@ -74,6 +76,8 @@ class WorkerView:
         self.load = num("load")
         self.backend = fields.get("backend", "")
         self.host = fields.get("host", "")
+        only = fields.get("agents", "")
+        self.agents = frozenset(only.split(",")) if only else None
         self.seen_at = time.monotonic()
 
     def note_load(self, load: Any) -> None:
@@ -88,6 +92,9 @@ class WorkerView:
         if not self.accepting or self.state != "ready" or self.version <= self.suspect_until_version:
             return False
         return not self.capacity or self.active + self.inflight < self.capacity
+
+    def serves(self, agent: str | None) -> bool:
+        return self.agents is None or agent in self.agents
 
     def fill(self) -> float:
         return (self.active + self.inflight) / self.capacity if self.capacity else 0.0
@@ -104,6 +111,7 @@ class WorkerView:
             "cpu": self.cpu,
             "load": self.load,
             "backend": self.backend,
+            "agents": sorted(self.agents) if self.agents is not None else "*",
             "heartbeat_age_s": round(time.monotonic() - self.seen_at, 2),
         }
 
@@ -191,9 +199,9 @@ class RedisCallHost:
             else:
                 logger.warning("worker %s left", worker_id)
 
-    def candidates(self) -> list[WorkerView]:
-        """Workers that take calls, least loaded first (fill, then lag, then at random)."""
-        ready = [w for w in self.workers.values() if w.takes_calls()]
+    def candidates(self, agent: str | None = None) -> list[WorkerView]:
+        """Workers that take calls of `agent`, least loaded first (fill, then lag, then at random)."""
+        ready = [w for w in self.workers.values() if w.takes_calls() and w.serves(agent)]
         return sorted(
             ready, key=lambda w: (round(w.fill(), 3), w.active + w.inflight, w.lag_ms, random.random())
         )
@@ -218,12 +226,22 @@ class RedisCallHost:
             return None
         return decode(item[1])
 
-    async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]:
-        candidates = self.candidates()
+    async def create_call(
+        self,
+        offer_sdp: str,
+        max_seconds: float | None = None,
+        agent: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> tuple[str, str]:
+        candidates = self.candidates(agent)
         if not candidates:
             if not self.redis_ok:
                 raise WorkerBusy("the call registry (Redis) is unavailable", retry_after_s=2)
-            raise WorkerBusy("no worker can take a call now" if self.workers else "no workers are running")
+            if not self.workers:
+                raise WorkerBusy("no workers are running")
+            if not any(w.serves(agent) for w in self.workers.values()):
+                raise WorkerBusy(f"no worker serves the agent {agent!r}")
+            raise WorkerBusy("no worker can take a call now")
         deadline = time.monotonic() + self.options.dispatch_timeout_s
         for index, view in enumerate(candidates):
             if not view.takes_calls():  # filled up by a concurrent request meanwhile
@@ -235,7 +253,13 @@ class RedisCallHost:
             timeout_s = left if index == len(candidates) - 1 else left / 2
             view.inflight += 1
             try:
-                message = {"op": "create", "sdp": offer_sdp, "max_seconds": max_seconds}
+                message = {
+                    "op": "create",
+                    "sdp": offer_sdp,
+                    "max_seconds": max_seconds,
+                    "agent": agent,
+                    "variables": dict(variables or {}),
+                }
                 reply = await self._request(view.id, message, timeout_s)
             except REDIS_ERRORS as exc:
                 logger.warning("could not reach Redis to place a call: %s", exc)

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from parley.agent.sdp import OfferError
-from parley.agent.worker import CallNotFound, Worker, WorkerBusy
+from parley.agent.worker import CallNotFound, UnknownAgent, Worker, WorkerBusy
 from parley.fleet.monitor import LoadMonitor, default_worker_id
 from parley.fleet.options import FleetOptions
 from parley.fleet.wire import (
@@ -42,7 +42,12 @@ class FleetWorker:
     """Connects one `Worker` to Redis: registration and heartbeats, the inbox, drain and deregistration."""
 
     def __init__(
-        self, worker: Worker, options: FleetOptions, worker_id: str | None = None, backend: str = "gemini"
+        self,
+        worker: Worker,
+        options: FleetOptions,
+        worker_id: str | None = None,
+        backend: str = "gemini",
+        agents_only: list[str] | None = None,
     ) -> None:
         if not options.redis_url:
             raise ValueError("a Redis URL is needed")
@@ -50,6 +55,7 @@ class FleetWorker:
         self.options = options
         self.id = worker_id or default_worker_id()
         self.backend = backend
+        self.agents_only = agents_only  # dispatch sends it calls of these agents only; None: any
         self.keys = Keys(options.redis_prefix)
         self.redis = connect(options.redis_url)
         self.monitor = LoadMonitor()
@@ -124,6 +130,7 @@ class FleetWorker:
             "pid": os.getpid(),
             "state": self.state,
             "backend": self.backend,
+            "agents": ",".join(self.agents_only or []),
             "capacity": self.capacity,
             "active": load["active"],
             "accepting": int(load["accepting"]),
@@ -277,9 +284,19 @@ class FleetWorker:
                 if reason is not None:
                     raise WorkerBusy(reason, retry_after_s=2)
                 limit = request.get("max_seconds")  # the join token's call length, if it has one
+                agent = request.get("agent")
+                agent = agent if isinstance(agent, str) else None
+                if self.agents_only is not None and agent not in self.agents_only:
+                    only = ", ".join(self.agents_only)
+                    raise WorkerBusy(f"this worker serves only {only}", retry_after_s=2)
+                variables = request.get("variables")
+                if not isinstance(variables, dict):
+                    variables = {}
                 call_id, answer = await self.worker.create_call(
                     str(request.get("sdp", "")),
                     max_seconds=float(limit) if isinstance(limit, int | float) else None,
+                    agent=agent,
+                    variables={str(k): str(v) for k, v in variables.items()},
                 )
                 if deadline and time.time() > deadline + EXPIRED_GRACE_S:
                     # Nobody waits for this answer any more: do not leave a call no one will join.
@@ -304,6 +321,8 @@ class FleetWorker:
             result = {"ok": False, "error": "offer", "status": exc.status, "message": exc.message}
         except CallNotFound:
             result = {"ok": False, "error": "not_found", "message": "no such call"}
+        except UnknownAgent as exc:  # its agents file differs from signaling's
+            result = {"ok": False, "error": "unknown_agent", "message": f"no agent named {exc.args[0]!r}"}
         except Exception as exc:
             logger.exception("request %s failed", op)
             result = {"ok": False, "error": "internal", "message": type(exc).__name__}

@@ -10,9 +10,10 @@ Redis keys (`{p}` is PARLEY_REDIS_PREFIX, default `parley`):
     {p}:call:{call id}         the id of the worker holding the call; refreshed by that worker each heartbeat
 
 Requests: {"id", "op": "create" | "resume" | "end" | "describe", "reply", "deadline" (Unix time),
-"sdp", "call", "max_seconds"}.
-Replies:  {"ok": true, ...} or {"ok": false, "error": "busy" | "offer" | "not_found" | "expired" |
-"internal", "message", "status"?, "retry_after"?}; every reply carries the worker's "load".
+"sdp", "call", "max_seconds", "agent", "variables"}.
+Replies:  {"ok": true, ...} or {"ok": false, "error": "busy" | "offer" | "not_found" | "unknown_agent" |
+"expired" | "internal", "message", "status"?, "retry_after"?}; every reply carries the worker's "load".
+A worker's hash says which agents it serves ("agents": comma-separated; empty: any).
 
 Everything is rewritten by its owner on the next heartbeat, so a Redis restart (even one that loses all
 data) costs at most a heartbeat or two once the server is back.

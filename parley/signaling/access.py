@@ -8,7 +8,9 @@ with a short-lived token that the site's own backend mints with a shared secret:
 
 The browser sends it as `Authorization: Bearer <token>` (or `?token=<token>`). A token is
 `base64url(claims) "." base64url(HMAC-SHA256(secret, base64url(claims)))`; claims are JSON with `exp`
-(Unix time), an id `jti`, and optionally `sub`, `max_seconds` (call length) and `uses` (calls it may start).
+(Unix time), an id `jti`, and optionally `sub`, `max_seconds` (call length), `uses` (calls it may start),
+`agent` (the only agent it starts) and `variables` (strings the agent's instruction is filled with; they
+override the page's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -40,6 +43,8 @@ class JoinClaims:
     subject: str | None = None
     max_seconds: float | None = None
     uses: int | None = None
+    agent: str | None = None
+    variables: dict[str, str] | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -61,8 +66,11 @@ def mint_join_token(
     uses: int | None = None,
     subject: str | None = None,
     now: float | None = None,
+    agent: str | None = None,
+    variables: Mapping[str, str] | None = None,
 ) -> str:
-    """A token that admits calls until `ttl_s` from now: at most `uses` of them, each `max_seconds` long."""
+    """A token that admits calls until `ttl_s` from now: at most `uses` of them, each `max_seconds` long,
+    of `agent` only (when given), with these `variables`."""
     if not secret:
         raise ValueError("a join secret is needed to mint tokens")
     claims: dict[str, object] = {
@@ -75,6 +83,10 @@ def mint_join_token(
         claims["max_seconds"] = max_seconds
     if uses is not None:
         claims["uses"] = uses
+    if agent is not None:
+        claims["agent"] = agent
+    if variables:
+        claims["variables"] = dict(variables)
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
     return f"{payload}.{_sign(secret, payload)}"
 
@@ -96,12 +108,22 @@ def verify_join_token(secret: str, token: str, now: float | None = None) -> Join
         raise TokenError("the join token has expired")
     max_seconds = claims.get("max_seconds")
     uses = claims.get("uses")
+    agent = claims.get("agent")
+    variables = claims.get("variables")
+    if agent is not None and not isinstance(agent, str):
+        raise TokenError("malformed join token")
+    if variables is not None and not (
+        isinstance(variables, dict) and all(isinstance(v, str) for v in variables.values())
+    ):
+        raise TokenError("malformed join token")
     return JoinClaims(
         expires_at=expires_at,
         token_id=token_id,
         subject=claims.get("sub"),
         max_seconds=float(max_seconds) if isinstance(max_seconds, int | float) else None,
         uses=int(uses) if isinstance(uses, int) else None,
+        agent=agent,
+        variables=variables,
     )
 
 

@@ -1,7 +1,8 @@
 """The signaling server: WHIP-style call set-up over HTTP, the web page, and health.
 
-POST   /v1/calls        SDP offer in (application/sdp or JSON) -> 201, Location, SDP answer
-GET    /v1/calls/{id}   the call's state and counters (an ended call's record: signaling/records_api.py)
+POST   /v1/calls        SDP offer in (application/sdp or JSON) -> 201, Location, SDP answer;
+                        ?agent=NAME or "agent" (JSON) picks the agent, "variables" (JSON) fill it in
+GET    /v1/calls/{id}   the call's state, counters and agent (an ended call's record: signaling/records_api.py)
 DELETE /v1/calls/{id}   hang up -> 204
 GET    /healthz         liveness and load
 GET    /v1/config       what the page needs to know (ICE servers, offline emulator mode)
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from parley.agent.sdp import OfferError
-from parley.agent.worker import CallNotFound, WorkerBusy
+from parley.agent.worker import CallNotFound, UnknownAgent, WorkerBusy
+from parley.profiles import AdmissionError, ProfileStore
 from parley.signaling.access import JOIN_CLAIMS
+from parley.signaling.agents import PROFILES, admit_call, cross_origin, origins_in_force
 from parley.signaling.errors import bad_request, error
 from parley.signaling.records_api import RECORDS, CallRecords, add_record_routes, recorded_call
 
@@ -34,7 +37,13 @@ MAX_OFFER_BYTES = 64 * 1024
 class CallHost(Protocol):
     """What the signaling server needs from whoever runs the calls (an in-process worker, or a fleet)."""
 
-    async def create_call(self, offer_sdp: str, max_seconds: float | None = None) -> tuple[str, str]: ...
+    async def create_call(
+        self,
+        offer_sdp: str,
+        max_seconds: float | None = None,
+        agent: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> tuple[str, str]: ...
     async def resume_call(self, call_id: str, offer_sdp: str) -> str: ...
     async def end_call(self, call_id: str, reason: str = "hangup") -> None: ...
     async def describe_call(self, call_id: str) -> dict[str, Any]: ...
@@ -50,9 +59,17 @@ CALL_HOST = web.AppKey("call_host", CallHost)
 PAGE_CONFIG: web.AppKey[PageConfig] = web.AppKey("page_config")
 
 
-async def read_offer(request: web.Request) -> tuple[str, bool, str | None]:
-    """The offer's SDP, whether the caller spoke JSON, and the call it resumes, if any.
-    Raises an HTTP error response otherwise."""
+@dataclass
+class Offer:
+    sdp: str
+    as_json: bool  # the caller spoke JSON, and is answered in JSON
+    resume: str | None = None  # the call it rejoins
+    agent: str | None = None  # None: the default agent (or the join token's)
+    variables: dict[str, object] = field(default_factory=dict)
+
+
+async def read_offer(request: web.Request) -> Offer:
+    """The offer, from an SDP or a JSON body; raises an HTTP error response otherwise."""
     content_type = request.content_type
     if content_type not in ("application/sdp", "application/json"):
         raise web.HTTPUnsupportedMediaType(
@@ -71,7 +88,7 @@ async def read_offer(request: web.Request) -> tuple[str, bool, str | None]:
     except UnicodeDecodeError:
         raise bad_request("the body is not UTF-8") from None
     if content_type == "application/sdp":
-        return text, False, request.query.get("resume")
+        return Offer(text, False, request.query.get("resume"), request.query.get("agent"))
     try:
         payload = json.loads(text)
     except ValueError:
@@ -83,7 +100,13 @@ async def read_offer(request: web.Request) -> tuple[str, bool, str | None]:
     resume = payload.get("resume", request.query.get("resume"))
     if resume is not None and not isinstance(resume, str):
         raise bad_request("resume must be a call id")
-    return payload["sdp"], True, resume
+    agent = payload.get("agent", request.query.get("agent"))
+    if agent is not None and not isinstance(agent, str):
+        raise bad_request("agent must be an agent's name")
+    variables = payload.get("variables", {})
+    if not isinstance(variables, dict):
+        raise bad_request("variables must be an object of names and strings")
+    return Offer(payload["sdp"], True, resume, agent, variables)
 
 
 def _too_large() -> web.HTTPException:
@@ -96,15 +119,24 @@ def _too_large() -> web.HTTPException:
 
 
 async def create_call(request: web.Request) -> web.Response:
-    offer, as_json, resume = await read_offer(request)
+    offer = await read_offer(request)
+    agent: str | None = None
     try:
-        if resume is not None:
-            call_id = resume
-            answer = await request.app[CALL_HOST].resume_call(resume, offer)
+        if offer.resume is not None:
+            call_id = offer.resume
+            answer = await request.app[CALL_HOST].resume_call(offer.resume, offer.sdp)
         else:
             claims = request.get(JOIN_CLAIMS)
             max_seconds = claims.max_seconds if claims is not None else None
-            call_id, answer = await request.app[CALL_HOST].create_call(offer, max_seconds=max_seconds)
+            admitted = admit_call(request, offer.agent, offer.variables, claims)
+            agent = admitted.agent
+            call_id, answer = await request.app[CALL_HOST].create_call(
+                offer.sdp, max_seconds=max_seconds, agent=agent, variables=admitted.variables
+            )
+    except AdmissionError as exc:
+        return error(exc.status, exc.message)
+    except UnknownAgent as exc:
+        return error(404, f"no agent named {exc.args[0]!r}")
     except KeyError:
         return error(404, "no such call")
     except OfferError as exc:
@@ -112,13 +144,12 @@ async def create_call(request: web.Request) -> web.Response:
     except WorkerBusy as exc:
         return error(503, f"busy: {exc.message}", **{"Retry-After": str(exc.retry_after_s)})
     records = request.app.get(RECORDS)
-    if records is not None and resume is None:
+    if records is not None and offer.resume is None:
         records.note_call(call_id, request.headers.get("Origin"), request.remote)
     location = f"/v1/calls/{call_id}"
-    if as_json:
-        return web.json_response(
-            {"id": call_id, "sdp": answer, "type": "answer"}, status=201, headers={"Location": location}
-        )
+    if offer.as_json:
+        reply = {"id": call_id, "sdp": answer, "type": "answer", **({"agent": agent} if agent else {})}
+        return web.json_response(reply, status=201, headers={"Location": location})
     return web.Response(
         status=201, body=answer.encode(), content_type="application/sdp", headers={"Location": location}
     )
@@ -169,14 +200,14 @@ CORS_HEADERS = {
 }
 
 
-def origin_guard(allowed_origins: list[str]) -> Any:
+def origin_guard(allowed_origins: Callable[[], set[str]]) -> Any:
     """The API (/v1/...) from a browser: its own origin always, other origins only when allowed ("*": any).
 
     An allowed origin gets CORS headers and its preflights (OPTIONS) answered; any other origin gets 403
     with a JSON error, itself readable from that origin so an embedded widget can say why. Same origin is
     judged on host and port only (a TLS-terminating proxy makes the scheme differ). Scripts (widget.js
-    and the module it imports) are public: a module script is always fetched with CORS."""
-    allowed = {origin.strip().rstrip("/").lower() for origin in allowed_origins if origin.strip()}
+    and the module it imports) are public: a module script is always fetched with CORS. The origins are
+    the server's and every agent's (`allowed_origins`), read per request: a reload changes them."""
 
     @web.middleware
     async def guard(
@@ -188,9 +219,11 @@ def origin_guard(allowed_origins: list[str]) -> Any:
             if origin is not None and request.path.endswith(".js"):
                 response.headers["Access-Control-Allow-Origin"] = "*"
             return response
-        if origin is None or urlsplit(origin).netloc.lower() == request.host.lower():
+        if cross_origin(request) is None:
             return await handler(request)
+        assert origin is not None
         cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        allowed = allowed_origins()
         if origin.lower() not in allowed and "*" not in allowed:
             message = f"{origin} is not an allowed origin for this server (PARLEY_ALLOWED_ORIGINS)"
             return error(403, message, **cors)
@@ -226,13 +259,17 @@ def create_app(
     admission: Middleware | None = None,
     records: CallRecords | None = None,
     admin_token: str | None = None,
+    profiles: ProfileStore | None = None,
 ) -> web.Application:
+    """`profiles`: the agents calls may choose from; None, the one agent `default`."""
+    store = profiles or ProfileStore.open(None)
     # aiohttp's own body limit answers 413 for any route that reads a body.
-    middlewares = [origin_guard(allowed_origins or [])]
+    middlewares = [origin_guard(origins_in_force(allowed_origins or [], store))]
     if admission is not None:
         middlewares.append(admission)
     app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=middlewares)
     app[CALL_HOST] = host
+    app[PROFILES] = (store, list(allowed_origins or []))
     app[PAGE_CONFIG] = page_config_source
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", get_call)

@@ -1,0 +1,56 @@
+"""Which agent a new call gets, and whether it may: the request's choice, its join token's, its origin.
+
+The page names the agent (`?agent=NAME`, `"agent"` in the JSON offer) and sends `"variables"`; a join
+token may carry an `agent` (the call gets that agent and no other) and `variables`, which override the
+page's: the site's backend minted the token, the page is the caller's to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from parley.profiles import AdmissionError, ProfileStore
+from parley.profiles.catalog import Admitted, Catalog
+from parley.signaling.access import JoinClaims
+
+# The agents in force, and the server's own allowed origins (PARLEY_ALLOWED_ORIGINS).
+PROFILES: web.AppKey[tuple[ProfileStore, list[str]]] = web.AppKey("profiles")
+
+
+def cross_origin(request: web.Request) -> str | None:
+    """The request's Origin when it is another site's; None for this server's own page or no browser.
+    Same origin is judged on host and port only (a TLS-terminating proxy makes the scheme differ)."""
+    origin = request.headers.get("Origin")
+    if origin is None or urlsplit(origin).netloc.lower() == request.host.lower():
+        return None
+    return origin
+
+
+def origins_in_force(server_origins: Iterable[str], profiles: ProfileStore) -> Callable[[], set[str]]:
+    """The origins the API answers: the server's and every agent's, as of the profiles in force."""
+    own = {origin.strip().rstrip("/").lower() for origin in server_origins if origin.strip()}
+    seen: list[tuple[Catalog, set[str]]] = []
+
+    def allowed() -> set[str]:
+        catalog = profiles.catalog
+        if not seen or seen[0][0] is not catalog:  # a reload made a new catalog
+            seen[:] = [(catalog, own | catalog.origins())]
+        return seen[0][1]
+
+    return allowed
+
+
+def admit_call(
+    request: web.Request, agent: str | None, variables: Mapping[str, object], claims: JoinClaims | None
+) -> Admitted:
+    """The agent and variables of a new call; AdmissionError (404, 403, 400) when it may not start."""
+    store, server_origins = request.app[PROFILES]
+    if claims is not None and claims.agent is not None:
+        if agent is not None and agent != claims.agent:
+            raise AdmissionError(403, f"this join token is for the agent {claims.agent!r}, not {agent!r}")
+        agent = claims.agent
+    merged = {**variables, **(claims.variables if claims is not None and claims.variables else {})}
+    return store.catalog.admit(agent, cross_origin(request), server_origins, merged)

@@ -1,0 +1,124 @@
+"""Agent profiles across processes: a fleet dispatching per agent (real Redis, worker subprocesses), and
+`parley serve` re-reading its agents file on SIGHUP (a real process, a real signal)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley.emulator.server import GeminiEmulator
+from tests.test_fleet import ROOT, Fleet, RedisServer, free_port, redis_server
+from tests.test_profiles import post
+from tests.waiting import wait_until
+
+__all__ = ["redis_server"]  # the fixture, used by name
+
+AGENTS = """
+[agents.support]
+system_instruction = "Support speaking."
+
+[agents.sales]
+system_instruction = "Sales speaking."
+"""
+
+
+@pytest.fixture
+async def agents_fleet(
+    redis_server: RedisServer, emulator: GeminiEmulator, tmp_path: Path
+) -> AsyncIterator[tuple[Fleet, Path]]:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    fleet = Fleet(redis_server, emulator, tmp_path)
+    await fleet.start_signaling(agents_file=str(agents))
+    try:
+        yield fleet, agents
+    finally:
+        await fleet.close()
+
+
+def instruction(setup: dict[str, Any] | None) -> str:
+    assert setup is not None
+    content = setup.get("systemInstruction") or setup.get("system_instruction") or {}
+    return "".join(part.get("text", "") for part in content.get("parts", []))
+
+
+async def test_a_fleet_dispatches_per_agent(
+    agents_fleet: tuple[Fleet, Path], emulator: GeminiEmulator
+) -> None:
+    fleet, agents = agents_fleet
+    env = {"PARLEY_AGENTS": str(agents)}
+    await fleet.start_workers("w-support", args=("--agents-only", "support"), extra_env=env)
+    await fleet.start_workers("w-sales", args=("--agents-only", "sales"), extra_env=env)
+    for _ in range(2):  # the least loaded worker would take every other call: the agent decides instead
+        for agent, worker in (("sales", "w-sales"), ("support", "w-support")):
+            caller = await fleet.call(agent=agent)
+            state = await fleet.state(caller)
+            assert (state["agent"], state["worker"]) == (agent, worker)
+            await wait_until(lambda: emulator.connections and emulator.connections[-1].setup, 15, "the setup")
+            assert instruction(emulator.connections[-1].setup) == f"{agent.capitalize()} speaking."
+            await caller.hang_up()
+    assert fleet.host.workers["w-sales"].agents == frozenset({"sales"})
+    # signaling knows the names itself: an unknown agent is refused without asking any worker
+    status, body = await post_offer(fleet.url, "?agent=nobody")
+    assert status == 404 and "nobody" in body["error"]
+
+
+async def post_offer(url: str, query: str) -> tuple[int, dict[str, Any]]:
+    return await post(url, query=query)
+
+
+async def test_sighup_reloads_the_agents_file_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    unset = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "PARLEY_AGENTS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["PARLEY_ICE_HOST_ADDRESSES"] = "127.0.0.1"
+    with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "parley.cli", "serve", "--port", str(port), "--backend", "emulator"),
+            *("--agents", str(agents)),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def logged(text: str) -> bool:
+        return text in log_path.read_text(errors="replace")
+
+    try:
+        await wait_until(lambda: logged("parley listening"), 40, "the server to start")
+        assert (await post_offer(url, "?agent=sales"))[0] == 201
+        assert (await post_offer(url, "?agent=billing"))[0] == 404
+
+        agents.write_text(AGENTS + "\n[agents.billing]\nvoice = 7\n")  # broken: a number for a voice
+        proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: logged("agents file refused"), 20, "the refusal in the log")
+        assert logged("agent 'billing', key 'voice'")
+        assert (await post_offer(url, "?agent=sales"))[0] == 201  # the old profiles stay
+        assert (await post_offer(url, "?agent=billing"))[0] == 404
+
+        agents.write_text(AGENTS + "\n[agents.billing]\nvoice = 'Puck'\n")
+        proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: logged("reloaded: billing, sales, support"), 20, "the reload")
+        assert (await post_offer(url, "?agent=billing"))[0] == 201
+        assert proc.returncode is None  # SIGHUP reloads, it does not stop the server
+    finally:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 20)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
