@@ -98,6 +98,6 @@ def call_planner(
         profile = catalog.get(name)
         context = CallContext(call_id=call_id, agent=name, variables=dict(variables))
         config = session_config_for(base, profile, tools, context)
-        return CallPlan(name, sessions(config), profile.max_call_seconds, profile.video)
+        return CallPlan(name, sessions(config), profile.max_call_seconds, profile.video, config.model)
 
     return plan

@@ -30,8 +30,8 @@ from parley.fleet.host import RedisCallHost
 from parley.fleet.monitor import default_worker_id
 from parley.fleet.options import FleetOptions
 from parley.fleet.rpc_server import FleetWorker
-from parley.records.service import Records
 from parley.profiles import ProfileStore
+from parley.records.service import Records
 from parley.settings import Settings
 from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
 from parley.signaling.app import create_app

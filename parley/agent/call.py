@@ -53,6 +53,9 @@ class CallOptions:
     rejoin_grace_s: float = 20.0
     max_duration_s: float = 3600.0
     video: VideoOptions = field(default_factory=VideoOptions)
+    # Which agent profile the call was made from, and its model (what GET /v1/calls/{id} and records say).
+    agent: str = "default"
+    model: str | None = None
     # Who hears what the call does: the process's metrics, records, traces (parley/agent/observer.py).
     observer: CallObserver = field(default_factory=CallObserver)
     # A recording of the call's audio (PARLEY_RECORD_AUDIO), made for each call from its id.
@@ -408,6 +411,9 @@ class Call:
 
     def summary(self) -> dict[str, Any]:
         head = {"call": self.id, "state": self.state, "end_reason": self.end_reason}
+        head["agent"] = self.options.agent
+        if self.options.model is not None:
+            head["model"] = self.options.model
         latencies = {
             "uplink": self.uplink_latency_s,
             "downlink": self.downlink_latency_s,

@@ -41,6 +41,7 @@ class CallPlan:
     make_session: SessionFactory
     max_duration_s: float | None = None  # the agent's longest call; None: the worker's
     video: bool = True  # False: the call takes no video
+    model: str | None = None  # what the call's summary and record say it talks to
 
 
 # (call id, agent name or None for the default, variables) -> the plan; raises UnknownAgent.
@@ -79,7 +80,6 @@ class Worker:
         self.max_calls = max_calls  # 0: no limit
         self.accepting = True
         self.calls: dict[str, Call] = {}
-        self.agents: dict[str, str] = {}  # call id -> its agent
         self.calls_started = 0
         self.calls_ended: dict[str, int] = {}
         # When set, each call gets its own ICE servers from it (fresh TURN credentials per call).
@@ -100,7 +100,7 @@ class Worker:
             raise WorkerBusy(f"all {self.max_calls} call slots are in use")
         call_id = uuid.uuid4().hex
         plan = self._plan(call_id, agent, variables or {})
-        options = self.call_options
+        options = dataclasses.replace(self.call_options, agent=plan.agent, model=plan.model)
         if self.ice_server_source is not None:
             options = dataclasses.replace(options, ice_servers=self.ice_server_source())
         if plan.max_duration_s is not None:  # the agent's own limit replaces the process's
@@ -110,7 +110,6 @@ class Worker:
         if not plan.video:
             options = dataclasses.replace(options, video=dataclasses.replace(options.video, enabled=False))
         call = Call(plan.make_session, options, self._forget, call_id)
-        self.agents[call.id] = plan.agent
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer_sdp)
@@ -149,7 +148,7 @@ class Worker:
         call = self.calls.get(call_id)
         if call is None:
             raise CallNotFound(call_id)
-        return {**call.summary(), "agent": self.agents.get(call_id)}
+        return call.summary()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -175,6 +174,5 @@ class Worker:
 
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.id, None)
-        self.agents.pop(call.id, None)
         reason = call.end_reason or "unknown"
         self.calls_ended[reason] = self.calls_ended.get(reason, 0) + 1

@@ -2,7 +2,7 @@
 
 POST   /v1/calls        SDP offer in (application/sdp or JSON) -> 201, Location, SDP answer;
                         ?agent=NAME or "agent" (JSON) picks the agent, "variables" (JSON) fill it in
-GET    /v1/calls/{id}   the call's state, counters and agent (an ended call's record: signaling/records_api.py)
+GET    /v1/calls/{id}   the call's state, counters, agent (an ended call's record: signaling/records_api.py)
 DELETE /v1/calls/{id}   hang up -> 204
 GET    /healthz         liveness and load
 GET    /v1/config       what the page needs to know (ICE servers, offline emulator mode)
