@@ -27,7 +27,8 @@ const ms = (value) => (typeof value === "number" ? `${value} ms` : "–");
 function showStats(stats) {
   $("v2v").textContent = ms(stats.voiceToVoiceMs);
   $("v2v-median").textContent = stats.turns ? `${ms(stats.voiceToVoiceMedianMs)} (${stats.turns} turn${stats.turns === 1 ? "" : "s"})` : "–";
-  $("rtt").textContent = ms(stats.rttMs);
+  // under a tenth of a millisecond (loopback) says so rather than "0 ms"
+  $("rtt").textContent = stats.rttMs === 0 ? "< 0.1 ms" : ms(stats.rttMs);
   $("jitter-buffer").textContent = ms(stats.jitterBufferMs);
   $("packets-lost").textContent = stats.packetsLost ?? "–";
   $("concealed").textContent = stats.concealedSamples === undefined

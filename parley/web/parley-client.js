@@ -237,6 +237,7 @@ export class ParleyClient extends CallConnection {
     if (!pc || pc.connectionState === "closed") return;
     this.stats = { ...this.stats, ...(await readStats(pc)) };
     this._publishStats();
+    if (pc === this.pc) this._watchMedia(this.stats.packetsReceived);
   }
 
   _publishStats() {

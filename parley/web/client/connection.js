@@ -7,12 +7,15 @@ import { LIVE_STATES, ParleyError, describe } from "./events.js";
 import { Signaling, connectionState, gathered, retry, waitConnected } from "./signaling.js";
 
 export class CallConnection extends EventTarget {
-  constructor({ server = "", token = null, reconnectGraceMs = 20000, disconnectedMs = 4000 } = {}) {
+  constructor({ server = "", token = null, reconnectGraceMs = 20000, disconnectedMs = 4000, silentMs = 2500 } = {}) {
     super();
     this.base = (server || globalThis.location?.origin || "").replace(/\/+$/, "");
     this.signaling = new Signaling(this.base, token);
     this.reconnectGraceMs = reconnectGraceMs;
     this.disconnectedMs = disconnectedMs;
+    // The server sends 50 packets a second, silence included: none for this long means the path is dead.
+    this.silentMs = silentMs;
+    this._received = { pc: null, count: -1, since: 0 };
     this.state = "idle";
     this.reason = null;
     this.config = null;
@@ -99,6 +102,23 @@ export class CallConnection extends EventTarget {
         this._disconnectTimer = null;
         if (pc === this.pc && connectionState(pc) !== "connected") this._connectionLost();
       }, this.disconnectedMs);
+    }
+  }
+
+  /** Called with the agent's audio packet count (getStats, every second or so). Firefox's ICE takes
+   *  ~10 s to call a dead network "disconnected", and the server gives up on a caller it has not heard
+   *  from for PARLEY_NO_MEDIA_TIMEOUT (10 s): by then a rejoin comes too late. A count that stops
+   *  growing tells within silentMs, in every browser. */
+  _watchMedia(packetsReceived) {
+    const pc = this.pc;
+    if (!pc || typeof packetsReceived !== "number" || this._reconnecting || this.state !== "in-call") return;
+    const now = performance.now();
+    const last = this._received;
+    if (last.pc !== pc || packetsReceived !== last.count) {
+      this._received = { pc, count: packetsReceived, since: now };
+    } else if (now - last.since >= this.silentMs) {
+      this._received = { pc: null, count: -1, since: 0 };
+      this._connectionLost();
     }
   }
 

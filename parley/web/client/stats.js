@@ -122,22 +122,39 @@ export class Levels {
   }
 }
 
+/** Seconds as milliseconds: a tenth below 10 ms, whole above. */
+export function roundMs(seconds) {
+  const ms = seconds * 1000;
+  return ms < 10 ? Math.round(ms * 10) / 10 : Math.round(ms);
+}
+
 /** One getStats() reading: round trip, the audio jitter buffer, loss and concealment. */
 export async function readStats(pc) {
   const report = await pc.getStats();
   let pairId = null;
   let inbound = null;
+  let remote = null;
   const pairs = [];
   report.forEach((s) => {
     if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "audio") inbound = s;
     if (s.type === "candidate-pair") pairs.push(s);
+    if (s.type === "remote-inbound-rtp" && (s.kind || s.mediaType) === "audio") remote = s;
   });
   const pair = (pairId && report.get(pairId))
     || pairs.find((p) => p.selected)
     || pairs.find((p) => p.nominated && p.state === "succeeded");
   const stats = {};
-  if (pair && typeof pair.currentRoundTripTime === "number") stats.rttMs = Math.round(pair.currentRoundTripTime * 1000);
+  // The network round trip: ICE's own (STUN) measure where the browser has one, else RTCP's (Firefox's
+  // remote-inbound-rtp), which also holds the server's time to answer. On loopback it is well under a
+  // millisecond: rounded to whole ms it read "0 ms", so below 10 ms it keeps a tenth.
+  if (pair && typeof pair.currentRoundTripTime === "number") {
+    stats.rttMs = roundMs(pair.currentRoundTripTime);
+    stats.rttSource = "ice";
+  } else if (remote && typeof remote.roundTripTime === "number") {
+    stats.rttMs = roundMs(remote.roundTripTime);
+    stats.rttSource = "rtcp";
+  }
   if (inbound) {
     if (inbound.jitterBufferEmittedCount) {
       stats.jitterBufferMs = Math.round((inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000);
