@@ -5,11 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
-# Debian packages: libopus0 for the codec; for the tests chromium (browser), redis-server (scale-out),
+# Debian packages: libopus0 for the codec; for the tests chromium and firefox-esr (browsers), pulseaudio
+# and pulseaudio-utils (Firefox's virtual microphone: tests/browser/firefox.py), redis-server (scale-out),
 # coturn (TURN relay), iproute2 and iptables (network namespaces with impaired links), postgresql (call
 # records on a real PostgreSQL, a throwaway cluster per test module: tests/postgres.py).
 RUN_PACKAGES := libopus0
-TEST_PACKAGES := libopus0 redis-server chromium coturn iproute2 iptables postgresql
+TEST_PACKAGES := libopus0 redis-server chromium firefox-esr pulseaudio pulseaudio-utils coturn iproute2 iptables \
+	postgresql
 
 .PHONY: run test lint typecheck pytest bench soak system-deps test-system-deps clean
 

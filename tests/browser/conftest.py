@@ -1,18 +1,21 @@
-"""Browser tests: Debian's Chromium driven by Playwright, talking to a real Parley server on loopback.
+"""Browser tests: Debian's Chromium driven by Playwright and Debian's Firefox ESR driven by Marionette,
+talking to a real Parley server on loopback.
 
-The microphone is Chromium's fake capture device playing a WAV made from tests/data/speech.wav (it
+Chromium's microphone is its fake capture device playing a WAV made from tests/data/speech.wav (it
 loops); the camera, when a test asks for one, plays a Y4M of one known colour (CAMERA_RGB). Chromium's
 fake screen (getDisplayMedia with --use-fake-device-for-media-stream) is mostly green. Playwright never
-downloads a browser here: it drives /usr/bin/chromium (PARLEY_CHROMIUM).
+downloads a browser here: it drives /usr/bin/chromium (PARLEY_CHROMIUM). Firefox's microphone is a
+PulseAudio virtual source playing the same speech (tests/browser/firefox.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,10 @@ import pytest
 from aiortc import RTCPeerConnection
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
+from parley.caller import load_wav
 from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
+from tests.browser.firefox import Firefox, PulseMic, firefox_missing
 from tests.conftest import make_settings
 
 CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
@@ -236,3 +241,33 @@ def cut_network(pc: RTCPeerConnection) -> None:
         for protocol in ice._connection._protocols:  # aioice's sockets
             setattr(protocol, "datagram_received", lambda data, addr: None)  # noqa: B010
             setattr(protocol.transport, "sendto", lambda data, addr=None: None)  # noqa: B010
+
+
+@pytest.fixture(scope="session")
+def firefox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    """One Firefox ESR (and its PulseAudio microphone) for every Firefox test: it takes seconds to start."""
+    missing = firefox_missing()
+    if missing:
+        pytest.fail(missing)
+    speech = load_wav(str(SPEECH_WAV))
+    lead, tail = np.zeros(int(48000 * LEAD_S), np.int16), np.zeros(int(48000 * TAIL_S), np.int16)
+    pcm = np.concatenate([lead, speech, tail]).tobytes()
+    mic = PulseMic(tmp_path_factory.mktemp("pulse"), pcm)
+    try:
+        browser = Firefox(tmp_path_factory.mktemp("firefox"), mic.env)
+        try:
+            yield browser
+        finally:
+            browser.close()
+    finally:
+        mic.stop()
+
+
+@pytest.fixture
+async def firefox(firefox_session: Firefox) -> AsyncIterator[Firefox]:
+    """The Firefox of the session, on a blank page again after each test."""
+    try:
+        yield firefox_session
+    finally:
+        with contextlib.suppress(Exception):
+            await firefox_session.open("about:blank")
