@@ -7,6 +7,7 @@ DELETE /v1/calls/{id}   hang up -> 204
 GET    /healthz         liveness and load
 GET    /v1/config       what the page needs to know (ICE servers, offline emulator mode)
 GET    /                the join page (web/)
+GET    /calls           the operator page: call records (web/calls.html)
 """
 
 from __future__ import annotations
@@ -284,6 +285,10 @@ def create_app(
         async def page(request: web.Request) -> web.FileResponse:
             return web.FileResponse(index)
 
+        async def calls_page(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(web_root / "calls.html")  # the operator page (its API needs the token)
+
         app.router.add_get("/", page)
+        app.router.add_get("/calls", calls_page)
         app.router.add_static("/", web_root, show_index=False)
     return app
