@@ -5,10 +5,13 @@ import { canShareScreen } from "./client/video.js";
 import { ParleyClient, describe } from "./parley-client.js";
 
 const $ = (id) => document.getElementById(id);
-// A server that requires join tokens (PARLEY_JOIN_SECRET) is opened as /?token=...
+// A server that requires join tokens (PARLEY_JOIN_SECRET) is opened as /?token=...; /?agent=NAME
+// calls that agent profile instead of the server's default.
+const params = new URLSearchParams(location.search);
 const client = new ParleyClient({
   audio: $("agent"),
-  token: new URLSearchParams(location.search).get("token"),
+  token: params.get("token"),
+  agent: params.get("agent"),
   video: true, // Camera and Share screen swap tracks on the offer's one video m-line
   selfView: $("self-view"),
 });
@@ -52,6 +55,7 @@ client.addEventListener("state", ({ detail }) => {
 });
 
 client.addEventListener("transcript", ({ detail }) => captions.add(detail));
+client.addEventListener("grounding", ({ detail }) => captions.sources(detail));
 client.addEventListener("event", ({ detail }) => { if (detail.type === "interrupted") captions.interrupted(); });
 client.addEventListener("speaking", ({ detail }) => {
   $("user-speaking").classList.toggle("on", detail.user);

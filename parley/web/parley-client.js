@@ -11,6 +11,7 @@
 //   turn        {voiceToVoiceMs}                   user's end of speech to the agent's first audio
 //   devices     {devices, deviceId}                the microphones (labels once permission is given)
 //   autoplay    {blocked}                          playback needs a tap (call unlockAudio() in one)
+//   grounding   {sources: [{title, uri}], queries}  the web sources of an answer grounded with Google Search
 //   video       {source, state, reason, message, agent, ...}   camera or screen share (client/video.js)
 //   event       the raw data-channel event
 //
@@ -21,7 +22,7 @@
 // media.js (microphone, devices, playback), stats.js (speaking, voice-to-voice, getStats), video.js
 // (camera and screen share).
 import { CallConnection } from "./client/connection.js";
-import { LIVE_STATES, ParleyError, describe, parseEvent, transcriptDetail } from "./client/events.js";
+import { LIVE_STATES, ParleyError, describe, groundingDetail, parseEvent, transcriptDetail } from "./client/events.js";
 import { microphones, openMic, play, unlock } from "./client/media.js";
 import { Levels, freshDebug, median, readStats } from "./client/stats.js";
 import { Video } from "./client/video.js";
@@ -39,13 +40,17 @@ export class ParleyClient extends CallConnection {
    * @param {number} [options.disconnectedMs] how long "disconnected" may last before a rejoin
    * @param {string|function(): (string|Promise<string>)} [options.token] a join token for servers that
    *   require one (PARLEY_JOIN_SECRET), or a function that fetches one; sent as `Authorization: Bearer`
+   * @param {string|function(): string} [options.agent] the agent profile to call (unset: the server's default)
+   * @param {object|function(): object} [options.variables] what the agent's instruction is filled with
+   *   ({customer_name: "Ada"}); a join token's variables override them
    * @param {boolean} [options.video] offer a video m-line, so setVideo() can send a camera or a screen
    * @param {HTMLVideoElement} [options.selfView] where what is sent is shown
    */
   constructor({
     server = "", audio, reconnectGraceMs = 20000, disconnectedMs = 4000, token = null, video = false, selfView = null,
+    agent = null, variables = null,
   } = {}) {
-    super({ server, token, reconnectGraceMs, disconnectedMs });
+    super({ server, token, reconnectGraceMs, disconnectedMs, agent, variables });
     this.audio = audio;
     this.video = video
       ? new Video({ onChange: (detail) => this._emit("video", detail), server: () => this.config?.video, selfView })
@@ -193,6 +198,9 @@ export class ParleyClient extends CallConnection {
         break;
       case "transcript":
         this._emit("transcript", transcriptDetail(event));
+        break;
+      case "grounding":
+        this._emit("grounding", groundingDetail(event));
         break;
       case "video":
         this.video?.agentState(event.state);

@@ -9,7 +9,9 @@
 // bubbling out of the shadow root: `parley-state` {state, reason, message, callId},
 // `parley-transcript` {role, text, final} and `parley-video` {source, state, reason, message, agent}. Properties and methods: .client (the ParleyClient), .start(), .hangUp(), and
 // .tokenProvider, an async function returning a join token for servers that require one (or the
-// `token` attribute).
+// `token` attribute). `agent="NAME"` calls that agent profile; what its instruction is filled with comes
+// from `data-var-NAME="value"` attributes and the `.variables` property ({name: value}, which wins),
+// read when a call starts.
 // No build step and no request anywhere but the Parley server; the server must list the page's origin
 // in PARLEY_ALLOWED_ORIGINS.
 import { Captions } from "./client/captions.js";
@@ -83,6 +85,8 @@ button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color:
 .captions:empty { display: none; }
 .captions li { margin: .15rem 0; }
 .captions .who-label { font-weight: 700; }
+.captions .sources { margin: .15rem 0 0 1rem; padding: 0; font-size: .9em; }
+.captions .sources a { color: var(--focus); }
 .actions { display: flex; flex-wrap: wrap; gap: .5rem; justify-content: flex-end; }
 .video-status { margin: 0; color: var(--muted); font-size: .9em; }
 .video-status:empty { display: none; }
@@ -166,6 +170,17 @@ class ParleyCall extends HTMLElement {
 
   get server() { return this.getAttribute("server") || SCRIPT_ORIGIN; }
 
+  get agent() { return this.getAttribute("agent") || null; }
+
+  /** data-var-* attributes (the name after `data-var-`, as written), then the `variables` property. */
+  _variables() {
+    const fromAttributes = {};
+    for (const { name, value } of this.attributes) {
+      if (name.startsWith("data-var-")) fromAttributes[name.slice("data-var-".length)] = value;
+    }
+    return { ...fromAttributes, ...(this.variables || {}) };
+  }
+
   /** none (the default: audio only, no camera prompt), camera, screen or both. */
   get video() {
     const mode = (this.getAttribute("video") || "none").toLowerCase();
@@ -187,6 +202,8 @@ class ParleyCall extends HTMLElement {
       token: () => (this.tokenProvider ? this.tokenProvider() : this.getAttribute("token")),
       video: this.video !== "none",
       selfView: this._els.selfView,
+      agent: () => this.agent,
+      variables: () => this._variables(),
     });
     this.client = client;
     this._els.camera.hidden = !["camera", "both"].includes(this.video);
@@ -202,6 +219,7 @@ class ParleyCall extends HTMLElement {
       this.dispatchEvent(new CustomEvent("parley-transcript", { detail, bubbles: true, composed: true }));
     });
     client.addEventListener("event", ({ detail }) => { if (detail.type === "interrupted") this._captions.interrupted(); });
+    client.addEventListener("grounding", ({ detail }) => { if (client === this.client) this._captions.sources(detail); });
     client.addEventListener("speaking", ({ detail }) => {
       this._els.user.classList.toggle("on", detail.user);
       this._els.agent.classList.toggle("on", detail.agent);

@@ -7,10 +7,13 @@ import { LIVE_STATES, ParleyError, describe } from "./events.js";
 import { Signaling, connectionState, gathered, retry, waitConnected } from "./signaling.js";
 
 export class CallConnection extends EventTarget {
-  constructor({ server = "", token = null, reconnectGraceMs = 20000, disconnectedMs = 4000, silentMs = 2500 } = {}) {
+  constructor({
+    server = "", token = null, reconnectGraceMs = 20000, disconnectedMs = 4000, silentMs = 2500,
+    agent = null, variables = null,
+  } = {}) {
     super();
     this.base = (server || globalThis.location?.origin || "").replace(/\/+$/, "");
-    this.signaling = new Signaling(this.base, token);
+    this.signaling = new Signaling(this.base, token, { agent, variables });
     this.reconnectGraceMs = reconnectGraceMs;
     this.disconnectedMs = disconnectedMs;
     // The server sends 50 packets a second, silence included: none for this long means the path is dead.

@@ -64,3 +64,12 @@ export function parseEvent(data) {
 export function transcriptDetail(event) {
   return { role: event.role === "user" ? "user" : "agent", text: String(event.text || ""), final: Boolean(event.final) };
 }
+
+/** A `grounding` data-channel event as the client's `grounding` detail: only http(s) sources, as text. */
+export function groundingDetail(event) {
+  const sources = (Array.isArray(event.sources) ? event.sources : [])
+    .filter((source) => source && /^https?:\/\//i.test(String(source.uri || "")))
+    .map((source) => ({ uri: String(source.uri), title: String(source.title || source.uri) }));
+  const queries = (Array.isArray(event.queries) ? event.queries : []).map(String);
+  return { sources, queries };
+}

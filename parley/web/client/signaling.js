@@ -68,10 +68,14 @@ export class Signaling {
   /**
    * @param {string} base the server's base URL, no trailing slash
    * @param {string|function(): (string|Promise<string>)|null} token a join token, or a function fetching one
+   * @param {object} [choice] which agent a new call asks for and what it fills in: `agent` (a name) and
+   *   `variables` ({name: string}), each a value or a function read at every new call
    */
-  constructor(base, token = null) {
+  constructor(base, token = null, { agent = null, variables = null } = {}) {
     this.base = base;
     this.token = token;
+    this.agent = agent;
+    this.variables = variables;
   }
 
   /** GET /v1/config: {iceServers, emulator, model}. */
@@ -85,6 +89,13 @@ export class Signaling {
   async offer(sdp, resumeId) {
     const body = { sdp, type: "offer" };
     if (resumeId) body.resume = resumeId;
+    else {
+      // A rejoin carries on its call's agent; a new call names one (else the server's default).
+      const agent = typeof this.agent === "function" ? this.agent() : this.agent;
+      const variables = typeof this.variables === "function" ? this.variables() : this.variables;
+      if (agent) body.agent = String(agent);
+      if (variables && Object.keys(variables).length) body.variables = variables;
+    }
     const headers = { "Content-Type": "application/json", Accept: "application/json" };
     const token = typeof this.token === "function" ? await this.token() : this.token;
     if (token) headers.Authorization = `Bearer ${token}`;
