@@ -320,10 +320,14 @@ class Call:
         except ValueError:
             logger.info("call %s: ignored a data channel message that is not JSON", self.id[:8])
             return
-        if not isinstance(event, dict) or event.get("type") != "ping":
+        kind = event.get("type") if isinstance(event, dict) else None
+        ms = event.get("ms") if isinstance(event, dict) else None
+        if kind == "voice_to_voice" and isinstance(ms, int | float) and 0 < ms < 60000:
+            self._observer.call_event(self, "client_stats", {"voice_to_voice_ms": float(ms)})  # for records
+        elif kind == "ping":
+            self.emit("pong", t=event.get("t"))
+        else:
             logger.info("call %s: ignored an unknown data channel message", self.id[:8])
-            return
-        self.emit("pong", t=event.get("t"))
 
     def emit(self, kind: str, **fields: Any) -> None:
         """An event for the caller (if its channel is open) and for the observer."""

@@ -228,6 +228,8 @@ export class ParleyClient extends CallConnection {
       onTurn: (ms) => {
         this.turns.push(ms);
         this._emit("turn", { voiceToVoiceMs: ms });
+        // for the call's record: voice-to-voice as the caller heard it
+        if (this.channel?.readyState === "open") this.channel.send(JSON.stringify({ type: "voice_to_voice", ms }));
         this._publishStats();
       },
     });

@@ -23,18 +23,24 @@ async def test_the_calls_page_lists_calls_and_shows_one_as_a_conversation(
     )
     url = f"http://127.0.0.1:{running.port}"
     try:
+        # One call from the join page, which says the call is recorded and reports voice-to-voice.
+        join = await pages.open(url + "/")
+        await expect(join.locator("#recorded")).to_be_visible(timeout=10000)
+        await expect(join.locator("#recorded")).to_have_text("This call is recorded.")
+        await join.get_by_role("button", name="Call").click()
+        await join.wait_for_function("() => parleyDebug.client.turns.length >= 1", timeout=40000, polling=200)
+        page_call = await join.evaluate("() => parleyDebug.client.callId")
+        await join.get_by_role("button", name="Hang up").click()
+        record = await recorded(url, page_call)
+        assert record["latency"]["voice_to_voice"]["count"] >= 1, record["latency"]
         ids = [await talk(url) for _ in range(2)]
         for call_id in ids:
             await recorded(url, call_id)
 
-        join = await pages.open(url + "/")
-        await expect(join.locator("#recorded")).to_be_visible(timeout=10000)
-        await expect(join.locator("#recorded")).to_have_text("This call is recorded.")
-
         page = await pages.open(url + "/calls")
         rows = page.locator("#calls tbody tr")
-        await expect(rows).to_have_count(2, timeout=10000)
-        await expect(page.locator("#status")).to_have_text("2 calls, newest first")
+        await expect(rows).to_have_count(3, timeout=10000)
+        await expect(page.locator("#status")).to_have_text("3 calls, newest first")
         assert await rows.first.get_attribute("data-id") == ids[1]  # newest first
         await expect(rows.first.locator("td").nth(3)).to_have_text("hangup")
 
