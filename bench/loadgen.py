@@ -92,6 +92,9 @@ class BenchCall:
         self._connected = asyncio.Event()
         self.heard = asyncio.Event()
         self._t0 = 0.0
+        # An agent profile to ask for, and variables for it (then the offer goes as JSON, like the page's).
+        self.agent: str | None = None
+        self.variables: dict[str, str] | None = None
 
     def _on_pcm(self, pcm: bytes, arrived_at: float) -> None:
         if not self.arrivals:
@@ -119,14 +122,21 @@ class BenchCall:
         self._t0 = time.monotonic()
         await pc.setLocalDescription(await pc.createOffer())
         offered = time.monotonic()
+        offer, content_type = pc.localDescription.sdp, "application/sdp"
+        if self.variables is not None:
+            offer = json.dumps({"type": "offer", "sdp": offer, "variables": self.variables})
+            content_type = "application/json"
         async with session.post(
             urljoin(self.url, "v1/calls"),
-            data=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
+            params={"agent": self.agent} if self.agent else None,
+            data=offer,
+            headers={"Content-Type": content_type},
         ) as response:
             body = await response.text()
             if response.status != 201:
                 raise RuntimeError(f"call refused: {response.status} {body[:200]}")
+            if self.variables is not None:
+                body = json.loads(body)["sdp"]
             self.call_url = urljoin(self.url, response.headers["Location"])
         answered = time.monotonic()
         self.timings["offer_ms"] = (offered - self._t0) * 1000
@@ -288,6 +298,8 @@ async def run_setup(args: argparse.Namespace) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
         for i in range(args.setup):
             call = BenchCall(args.url, signal, 0.0, False, seed=i)
+            call.agent = args.agent
+            call.variables = json.loads(args.variables) if args.variables else None
             try:
                 await call.connect(session)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -322,6 +334,8 @@ def main() -> None:
     parser.add_argument("--loss", type=float, default=0.0, help="fraction of uplink RTP packets dropped")
     parser.add_argument("--record", action="store_true", help="keep the received audio (for the SNR)")
     parser.add_argument("--setup", type=int, default=0, help="instead: this many calls one after another")
+    parser.add_argument("--agent", default=None, help="the agent profile set-up calls ask for")
+    parser.add_argument("--variables", default=None, help="JSON variables set-up calls send with it")
     args = parser.parse_args()
     offer_host_addresses(["127.0.0.1"])
     result = asyncio.run(run_setup(args) if args.setup else run_load(args))

@@ -253,6 +253,16 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
             *setup_table(results["setup"]),
             "",
         ]
+    if results.get("profiles"):
+        lines += [
+            "### Agent profiles: set-up with a profile chosen (50 profiles, variables filled in)",
+            "",
+            *setup_table(results["profiles"]),
+            "",
+            "Choosing the profile in itself (admitting agent and variables, making the session "
+            f"configuration): {results['profiles']['parley+agents'].get('lookup_us')} µs per call.",
+            "",
+        ]
     if results.get("loss"):
         lines += ["### Uplink loss sweep (2 calls)", "", *loss_table(results["loss"]), ""]
     if results.get("bargein"):

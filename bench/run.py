@@ -304,6 +304,68 @@ def setup_times(servers: dict[str, Server], calls: int) -> dict[str, Any]:
     return out
 
 
+AGENTS = 50  # profiles in the file of the `parley+agents` server
+
+
+def agents_file(directory: Path) -> Path:
+    """An agents file of AGENTS profiles, each with variables, an instruction and a greeting to fill in."""
+    tables = [
+        f'[agents.agent-{n}]\nsystem_instruction = "Agent {n} helps {{customer_name}} with {{order_id}}."\n'
+        f'greeting = "Hello {{customer_name}}."\nvariables = {{ customer_name = 40, order_id = 20 }}\n'
+        for n in range(AGENTS)
+    ]
+    path = directory / "agents.toml"
+    path.write_text("\n".join(tables))
+    return path
+
+
+def profile_setup(servers: dict[str, Server], out_dir: Path, calls: int, rounds: int) -> dict[str, Any]:
+    """Set-up on the plain server and on one holding AGENTS profiles (the call naming the last one, with
+    variables), in alternating rounds so drift hits both alike: what choosing a profile costs."""
+    agents = start_server("loopback", 18211, {"PARLEY_AGENTS": str(agents_file(out_dir))})
+    variables = json.dumps({"customer_name": "Ada", "order_id": "A-17"})
+    choice = ["--agent", f"agent-{AGENTS - 1}", "--variables", variables]
+    plain = ["--variables", "{}"]  # JSON offers both: only the profile differs
+    answers: dict[str, list[float]] = {"parley": [], "parley+agents": []}
+    results: dict[str, Any] = {}
+    try:
+        runs = (("parley", servers["parley"], plain), ("parley+agents", agents, choice))
+        for _ in range(rounds):
+            for name, server, extra in runs:
+                result, _ = loadgen(server, ["--setup", str(calls), *extra])
+                answers[name].append(result["answer_ms"]["p50"])
+                results[name] = result
+    finally:
+        agents.stop()
+    for name, values in answers.items():
+        results[name]["answer_ms"]["p50"] = round(sorted(values)[len(values) // 2], 2)
+        results[name]["answer_ms_rounds"] = values
+    results["parley+agents"]["lookup_us"] = lookup_us(agents_file(out_dir))
+    log(f"profile lookup: answer p50 {results['parley']['answer_ms']['p50']} ms without agents, "
+        f"{results['parley+agents']['answer_ms']['p50']} ms with {AGENTS}")
+    return results
+
+
+def lookup_us(path: Path, repeat: int = 2000) -> float:
+    """What choosing a profile costs in itself, in this process: admitting the agent and its variables,
+    then making the call's session configuration (instruction and greeting filled in), in microseconds."""
+    from parley.agent.live_config import SessionConfig
+    from parley.agent.loopback import loopback_sessions
+    from parley.agent.tools import ToolRegistry
+    from parley.agent_plans import call_planner
+    from parley.profiles import ProfileStore
+
+    store = ProfileStore.open(str(path))
+    echo = loopback_sessions()  # made, not started: only the choosing is timed
+    plan = call_planner(store, SessionConfig(), ToolRegistry(), lambda config: echo)
+    variables = {"customer_name": "Ada", "order_id": "A-17"}
+    started = time.perf_counter()
+    for _ in range(repeat):
+        admitted = store.catalog.admit(f"agent-{AGENTS - 1}", None, [], variables)
+        plan("call-id", admitted.agent, admitted.variables)
+    return round((time.perf_counter() - started) / repeat * 1e6, 1)
+
+
 def bargein(server: Server, rounds: int) -> dict[str, Any]:
     from bench.bargein import measure
 
@@ -347,7 +409,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--ladder", default="1,5,10,15,20,25,30,35,40,50,60,70,80")
-    parser.add_argument("--only", default="setup,capacity,ablation,loss,bargein")
+    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,bargein")
     args = parser.parse_args()
     only = set(args.only.split(","))
     ladder = [int(n) for n in args.ladder.split(",")]
@@ -362,6 +424,9 @@ def main() -> None:
     try:
         if "setup" in only:
             results["setup"] = setup_times(servers, 5 if args.quick else 15)
+        if "profiles" in only:
+            rounds = 1 if args.quick else 3
+            results["profiles"] = profile_setup(servers, out_dir, 5 if args.quick else 15, rounds)
         if "capacity" in only:
             results["capacity"] = capacity(servers, ladder, window)
         if "ablation" in only:
