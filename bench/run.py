@@ -409,7 +409,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--ladder", default="1,5,10,15,20,25,30,35,40,50,60,70,80")
-    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,bargein")
+    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,bargein,records")
     args = parser.parse_args()
     only = set(args.only.split(","))
     ladder = [int(n) for n in args.ladder.split(",")]
@@ -443,6 +443,16 @@ def main() -> None:
             results["bargein"] = bargein(emulator, 2 if args.quick else 6)
         finally:
             emulator.stop()
+    if "records" in only:  # records, webhooks and traces: bench/records_overhead.py, bench/records_cost.py
+        from bench.records_cost import records_cost, summarise
+        from bench.records_overhead import measure
+
+        results["records"] = {
+            "overhead": measure(),
+            "whole_calls": summarise(
+                records_cost([10] if args.quick else [10, 40], 2, window, "loopback", out_dir)
+            ),
+        }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     from bench.report import write_report
 

@@ -77,8 +77,17 @@ class CallStore:
     async def apply(self, writes: list[Write]) -> None:
         """All of `writes` in one transaction."""
         async with self.engine.begin() as connection:
+            rows: list[dict[str, Any]] = []  # consecutive event rows go as one statement
             for write in writes:
+                if isinstance(write, CallEvents):
+                    rows += write.rows
+                    continue
+                if rows:
+                    await self._apply(connection, CallEvents(rows))
+                    rows = []
                 await self._apply(connection, write)
+            if rows:
+                await self._apply(connection, CallEvents(rows))
 
     async def _apply(self, connection: AsyncConnection, write: Write) -> None:
         if isinstance(write, CallUpdate):
