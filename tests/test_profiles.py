@@ -255,7 +255,7 @@ async def test_calls_that_may_not_start_get_their_error_and_start_nothing(
     served: Running, emulator: GeminiEmulator
 ) -> None:
     url = base(served)
-    refused = [
+    refused: list[tuple[dict[str, Any], str, dict[str, str], int, str]] = [
         ({"variables": {"page_url": "x"}}, "", {}, 400, "'page_url'"),
         ({"variables": {"customer_name": "x" * 21}}, "", {}, 400, "'customer_name' is longer than 20"),
         ({"variables": {"order_id": 17}}, "", {}, 400, "'order_id' must be a string"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -24,7 +25,8 @@ __all__ = ["redis_server"]  # the fixture, used by name
 
 AGENTS = """
 [agents.support]
-system_instruction = "Support speaking."
+system_instruction = "Support speaking{suffix}."
+variables = ["suffix"]
 
 [agents.sales]
 system_instruction = "Sales speaking."
@@ -45,6 +47,11 @@ async def agents_fleet(
         await fleet.close()
 
 
+def opened(emulator: GeminiEmulator, before: int) -> bool:
+    """A connection beyond the first `before` has sent its setup."""
+    return len(emulator.connections) > before and emulator.connections[-1].setup is not None
+
+
 def instruction(setup: dict[str, Any] | None) -> str:
     assert setup is not None
     content = setup.get("systemInstruction") or setup.get("system_instruction") or {}
@@ -60,16 +67,37 @@ async def test_a_fleet_dispatches_per_agent(
     await fleet.start_workers("w-sales", args=("--agents-only", "sales"), extra_env=env)
     for _ in range(2):  # the least loaded worker would take every other call: the agent decides instead
         for agent, worker in (("sales", "w-sales"), ("support", "w-support")):
-            caller = await fleet.call(agent=agent)
+            count = len(emulator.connections)
+            # variables cross Redis to the worker, which fills them in
+            variables = {"suffix": " to you"} if agent == "support" else {}
+            caller = await fleet.call(agent=agent, variables=variables)
             state = await fleet.state(caller)
             assert (state["agent"], state["worker"]) == (agent, worker)
-            await wait_until(lambda: emulator.connections and emulator.connections[-1].setup, 15, "the setup")
-            assert instruction(emulator.connections[-1].setup) == f"{agent.capitalize()} speaking."
+            await wait_until(functools.partial(opened, emulator, count), 15, "the setup")
+            said = "Support speaking to you." if agent == "support" else "Sales speaking."
+            assert instruction(emulator.connections[-1].setup) == said
             await caller.hang_up()
     assert fleet.host.workers["w-sales"].agents == frozenset({"sales"})
     # signaling knows the names itself: an unknown agent is refused without asking any worker
     status, body = await post_offer(fleet.url, "?agent=nobody")
     assert status == 404 and "nobody" in body["error"]
+    status, body = await post(fleet.url, {"agent": "sales", "variables": {"suffix": "x"}})
+    assert status == 400 and "'suffix'" in body["error"]
+
+
+async def test_a_worker_refuses_to_serve_agents_its_file_does_not_have(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "parley.cli", "worker", "--redis", "redis://127.0.0.1:9/0", "--backend"),
+        *("loopback", "--agents", str(agents), "--agents-only", "sales,billing"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0
+    assert b"--agents-only names agents the agents file does not have: billing" in output
 
 
 async def post_offer(url: str, query: str) -> tuple[int, dict[str, Any]]:
