@@ -56,6 +56,7 @@ button {
   font: inherit; cursor: pointer; border-radius: 999px; border: 1px solid var(--border);
   background: var(--panel); color: var(--fg); padding: .45rem 1rem;
 }
+button { min-height: 44px; min-width: 44px; } /* a target a thumb can hit */
 button:disabled { opacity: .45; cursor: default; }
 button:focus-visible { outline: 3px solid var(--focus); outline-offset: 2px; }
 .call {
@@ -90,6 +91,10 @@ button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color:
 .actions { display: flex; flex-wrap: wrap; gap: .5rem; justify-content: flex-end; }
 .video-status { margin: 0; color: var(--muted); font-size: .9em; }
 .video-status:empty { display: none; }
+@media (max-width: 40rem), (pointer: coarse) {
+  .captions { font-size: 16px; max-height: 35vh; } /* phones: readable at arm's length */
+  .actions button { flex: 1 1 auto; }
+}
 .self-view { width: 8rem; aspect-ratio: 16 / 9; object-fit: contain; background: #000; border-radius: .4rem; align-self: flex-end; }
 `;
 

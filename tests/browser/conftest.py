@@ -164,11 +164,23 @@ class Pages:
         self.browsers: list[Browser] = []
         self.console: list[str] = []
 
-    async def open(self, url: str, microphone: str = "granted", camera: str = "granted") -> Page:
+    async def open(
+        self,
+        url: str,
+        microphone: str = "granted",
+        camera: str = "granted",
+        phone: tuple[int, int] | None = None,
+        autoplay: bool = True,
+    ) -> Page:
         """microphone: "granted" (the fake one), "denied" (the user says no) or "none" (no device).
         camera (with the microphone granted): "granted" (the Y4M; the screen share is allowed too) or
-        "denied" (the user says no to the camera and to sharing the screen)."""
+        "denied" (the user says no to the camera and to sharing the screen).
+        phone: a phone's CSS viewport (390x844, 360x800), with touch and mobile emulation.
+        autoplay False: the browser's own autoplay rule, which wants a gesture (as phones do)."""
         args = list(CHROMIUM_ARGS)
+        if not autoplay:
+            args.remove("--autoplay-policy=no-user-gesture-required")
+            args.append("--autoplay-policy=user-gesture-required")
         permissions = ["microphone"] if microphone != "denied" else []
         if microphone == "granted" and camera == "granted":
             args.append("--use-fake-ui-for-media-stream")
@@ -183,10 +195,17 @@ class Pages:
             args.append("--use-fake-ui-for-media-stream")
         browser = await self.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         self.browsers.append(browser)
-        context = await browser.new_context(
-            permissions=permissions,
-            viewport={"width": 1000, "height": 760},
-        )
+        if phone is None:
+            desktop = {"width": 1000, "height": 760}
+            context = await browser.new_context(permissions=permissions, viewport=desktop)
+        else:
+            context = await browser.new_context(
+                permissions=permissions,
+                viewport={"width": phone[0], "height": phone[1]},
+                device_scale_factor=3,
+                is_mobile=True,
+                has_touch=True,
+            )
         page = await context.new_page()
         page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))

@@ -18,6 +18,7 @@ HOST_PAGE = """<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>Acme Bikes: support</title>
   <link rel="icon" href="data:,">
   <style>
