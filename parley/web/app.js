@@ -50,6 +50,7 @@ client.addEventListener("state", ({ detail }) => {
     $("mute").setAttribute("aria-pressed", "false");
     captions.close();
     $("unlock").hidden = true;
+    $("resume-mic").hidden = true;
   }
   if (detail.state === "ended" || detail.state === "error") $("call").focus();
 });
@@ -71,6 +72,19 @@ client.addEventListener("video", ({ detail }) => {
 client.addEventListener("stats", ({ detail }) => showStats(detail));
 client.addEventListener("autoplay", ({ detail }) => { $("unlock").hidden = !detail.blocked; });
 client.addEventListener("error", ({ detail }) => setStatus("warning", detail.message));
+// Phones: a call taking the microphone ends its track; the page says so and offers it back.
+client.addEventListener("mic", ({ detail }) => {
+  $("resume-mic").hidden = detail.state !== "interrupted";
+  if (detail.state === "interrupted") {
+    setStatus("warning", "The microphone was interrupted (a phone call or another app took it). The call is still on.");
+  } else if (client.state === "in-call") {
+    setStatus("in-call", detail.state === "switched" ? `In call (now using ${detail.label || "the new microphone"})` : "In call");
+  }
+});
+client.addEventListener("visibility", ({ detail }) => {
+  if (client.state !== "in-call" || client.micInterrupted) return;
+  setStatus("in-call", detail.hidden ? "In call (in the background: the call goes on)" : "In call");
+});
 client.addEventListener("devices", ({ detail }) => {
   const select = $("device");
   const chosen = detail.deviceId || select.value;
@@ -104,6 +118,7 @@ for (const source of ["camera", "screen"]) {
 $("screen").hidden = !canShareScreen();
 $("device").addEventListener("change", () => client.setDevice($("device").value));
 $("unlock").addEventListener("click", () => { client.unlockAudio(); $("unlock").hidden = true; });
+$("resume-mic").addEventListener("click", () => { client.unlockAudio(); client.resumeMic(); });
 navigator.mediaDevices?.addEventListener?.("devicechange", async () => {
   const devices = await ParleyClient.microphones().catch(() => []);
   client.dispatchEvent(new CustomEvent("devices", { detail: { devices, deviceId: $("device").value } }));

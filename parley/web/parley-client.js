@@ -12,6 +12,9 @@
 //   devices     {devices, deviceId}                the microphones (labels once permission is given)
 //   autoplay    {blocked}                          playback needs a tap (call unlockAudio() in one)
 //   grounding   {sources: [{title, uri}], queries}  the web sources of an answer grounded with Google Search
+//   mic         {state, label}                     interrupted (the system ended it: resumeMic()),
+//                                                  live (resumed), switched (a new default microphone)
+//   visibility  {hidden}                           the page went to the background (the call goes on)
 //   video       {source, state, reason, message, agent, ...}   camera or screen share (client/video.js)
 //   event       the raw data-channel event
 //
@@ -23,6 +26,7 @@
 // (camera and screen share).
 import { CallConnection } from "./client/connection.js";
 import { LIVE_STATES, ParleyError, describe, groundingDetail, parseEvent, transcriptDetail } from "./client/events.js";
+import { PageLifecycle } from "./client/lifecycle.js";
 import { microphones, openMic, play, unlock } from "./client/media.js";
 import { Levels, freshDebug, median, readStats } from "./client/stats.js";
 import { Video } from "./client/video.js";
@@ -66,6 +70,8 @@ export class ParleyClient extends CallConnection {
     this.debug = freshDebug();
     this._timers = [];
     this._onAutoplay = (blocked) => this._emit("autoplay", { blocked });
+    this.lifecycle = new PageLifecycle(this);
+    this.micInterrupted = false;
   }
 
   // --- public --------------------------------------------------------------------------------
@@ -92,6 +98,7 @@ export class ParleyClient extends CallConnection {
         if (this.state === "connecting" && this.callId === id) this._connectFailed();
       }, CONNECT_TIMEOUT_MS);
       this._watchPage();
+      this.lifecycle.start();
     } catch (error) {
       this._teardown();
       if (this.state === "ended") return; // hung up while connecting
@@ -130,13 +137,16 @@ export class ParleyClient extends CallConnection {
       return null;
     });
     if (!fresh) return;
-    const track = fresh.getAudioTracks()[0];
-    track.enabled = !this.muted;
-    await this._sender("audio")?.replaceTrack(track);
-    this.mic.getTracks().forEach((t) => t.stop());
-    this.mic = fresh;
-    this.levels?.setLocal(fresh);
-    await this._listDevices();
+    await this._useMic(fresh);
+  }
+
+  /** After the system ended the microphone (mic event "interrupted"): open it again, same call. */
+  async resumeMic() {
+    await this.setDevice(this.deviceId);
+    if (this.mic?.getAudioTracks()[0]?.readyState === "live") {
+      this.micInterrupted = false;
+      this._emit("mic", { state: "live" });
+    }
   }
 
   /**
@@ -160,9 +170,28 @@ export class ParleyClient extends CallConnection {
   // --- set-up --------------------------------------------------------------------------------
 
   _openMic(deviceId) {
-    return openMic(deviceId, this.muted, () => {
-      this._emit("error", { reason: "mic-busy", message: "The microphone stopped." });
+    let stream = null;
+    const opened = openMic(deviceId, this.muted, () => {
+      if (stream === this.mic) this._micInterrupted(); // not a track already replaced
     });
+    return opened.then((s) => { stream = s; return s; });
+  }
+
+  _micInterrupted() {
+    if (this.micInterrupted || !LIVE_STATES.includes(this.state)) return;
+    this.micInterrupted = true;
+    this._emit("mic", { state: "interrupted" });
+  }
+
+  /** Send `fresh` instead of the current microphone (no renegotiation: the sender's track is replaced). */
+  async _useMic(fresh) {
+    const track = fresh.getAudioTracks()[0];
+    track.enabled = !this.muted;
+    await this._sender("audio")?.replaceTrack(track);
+    this.mic?.getTracks().forEach((t) => t.stop());
+    this.mic = fresh;
+    this.levels?.setLocal(fresh);
+    await this._listDevices();
   }
 
   _addMedia(pc) {
@@ -276,6 +305,8 @@ export class ParleyClient extends CallConnection {
   }
 
   _teardown() {
+    this.lifecycle.stop();
+    this.micInterrupted = false;
     this._timers.forEach((timer) => clearInterval(timer));
     this._timers = [];
     this._statsTimer = null;

@@ -121,6 +121,7 @@ class ParleyCall extends HTMLElement {
           <p class="video-status" aria-live="polite"></p>
           <div class="actions" hidden>
             <button class="unlock" type="button" hidden>Tap to hear the agent</button>
+            <button class="resume-mic" type="button" hidden>Resume microphone</button>
             <button class="camera" type="button" aria-pressed="false" hidden>Camera</button>
             <button class="screen" type="button" aria-pressed="false" hidden>Share screen</button>
             <button class="mute" type="button" aria-pressed="false">Mute</button>
@@ -139,6 +140,7 @@ class ParleyCall extends HTMLElement {
       mute: root.querySelector(".mute"),
       hangup: root.querySelector(".hangup"),
       unlock: root.querySelector(".unlock"),
+      resumeMic: root.querySelector(".resume-mic"),
       user: root.querySelector(".who.user"),
       agent: root.querySelector(".who.agent"),
       audio: root.querySelector("audio"),
@@ -152,6 +154,7 @@ class ParleyCall extends HTMLElement {
     this._els.hangup.addEventListener("click", () => this.hangUp());
     this._els.mute.addEventListener("click", () => this._toggleMute());
     this._els.unlock.addEventListener("click", () => { this.client?.unlockAudio(); this._els.unlock.hidden = true; });
+    this._els.resumeMic.addEventListener("click", () => { this.client?.unlockAudio(); this.client?.resumeMic(); });
     for (const source of ["camera", "screen"]) {
       this._els[source].addEventListener("click", () => {
         this.client.setVideo(this.client.video?.source === source ? null : source);
@@ -239,6 +242,13 @@ class ParleyCall extends HTMLElement {
     });
     client.addEventListener("autoplay", ({ detail }) => { this._els.unlock.hidden = !detail.blocked; });
     client.addEventListener("error", ({ detail }) => this._status("warning", detail.message));
+    // Phones: a phone call takes the microphone (its track ends): say so and offer it back.
+    client.addEventListener("mic", ({ detail }) => {
+      if (client !== this.client) return;
+      this._els.resumeMic.hidden = detail.state !== "interrupted";
+      if (detail.state === "interrupted") this._status("warning", "The microphone was interrupted. The call is still on.");
+      else if (client.state === "in-call") this._status("in-call", "In call");
+    });
   }
 
   _renderLabel() {
@@ -258,6 +268,7 @@ class ParleyCall extends HTMLElement {
     this._status(state, message);
     if (!live) {
       this._els.unlock.hidden = true;
+      this._els.resumeMic.hidden = true;
       this._els.mute.setAttribute("aria-pressed", "false");
     }
     // Keep keyboard focus on a visible control, but never pull it away from the host page.

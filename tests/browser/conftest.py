@@ -170,17 +170,12 @@ class Pages:
         microphone: str = "granted",
         camera: str = "granted",
         phone: tuple[int, int] | None = None,
-        autoplay: bool = True,
     ) -> Page:
         """microphone: "granted" (the fake one), "denied" (the user says no) or "none" (no device).
         camera (with the microphone granted): "granted" (the Y4M; the screen share is allowed too) or
         "denied" (the user says no to the camera and to sharing the screen).
-        phone: a phone's CSS viewport (390x844, 360x800), with touch and mobile emulation.
-        autoplay False: the browser's own autoplay rule, which wants a gesture (as phones do)."""
+        phone: a phone's CSS viewport (390x844, 360x800), with touch and mobile emulation."""
         args = list(CHROMIUM_ARGS)
-        if not autoplay:
-            args.remove("--autoplay-policy=no-user-gesture-required")
-            args.append("--autoplay-policy=user-gesture-required")
         permissions = ["microphone"] if microphone != "denied" else []
         if microphone == "granted" and camera == "granted":
             args.append("--use-fake-ui-for-media-stream")
@@ -263,23 +258,28 @@ def cut_network(pc: RTCPeerConnection) -> None:
 
 
 @pytest.fixture(scope="session")
-def firefox_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
-    """One Firefox ESR (and its PulseAudio microphone) for every Firefox test: it takes seconds to start."""
+def pulse_mic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseMic]:
+    """Firefox's microphone: a PulseAudio daemon of the tests' own playing the test speech."""
     missing = firefox_missing()
     if missing:
         pytest.fail(missing)
     speech = load_wav(str(SPEECH_WAV))
     lead, tail = np.zeros(int(48000 * LEAD_S), np.int16), np.zeros(int(48000 * TAIL_S), np.int16)
-    pcm = np.concatenate([lead, speech, tail]).tobytes()
-    mic = PulseMic(tmp_path_factory.mktemp("pulse"), pcm)
+    mic = PulseMic(tmp_path_factory.mktemp("pulse"), np.concatenate([lead, speech, tail]).tobytes())
     try:
-        browser = Firefox(tmp_path_factory.mktemp("firefox"), mic.env)
-        try:
-            yield browser
-        finally:
-            browser.close()
+        yield mic
     finally:
         mic.stop()
+
+
+@pytest.fixture(scope="session")
+def firefox_session(tmp_path_factory: pytest.TempPathFactory, pulse_mic: PulseMic) -> Iterator[Firefox]:
+    """One Firefox ESR for every Firefox test: it takes seconds to start."""
+    browser = Firefox(tmp_path_factory.mktemp("firefox"), pulse_mic.env)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ class PulseMic:
             stdin=subprocess.PIPE,
         )  # fmt: skip
         self._pcm = pcm
-        threading.Thread(target=self._feed, name="pulse-mic", daemon=True).start()
+        threading.Thread(target=self._feed, args=(self.player,), name="pulse-mic", daemon=True).start()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + 20
@@ -116,8 +117,38 @@ class PulseMic:
             time.sleep(0.1)
         raise RuntimeError("pulseaudio did not start")
 
-    def _feed(self) -> None:
-        stdin = self.player.stdin
+    def pactl(self, *args: str) -> str:
+        done = subprocess.run(["pactl", *args], env=self.env, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    @contextlib.contextmanager
+    def headset(self) -> Iterator[None]:
+        """A headset plugged in: a second source (Test-headset) playing the same speech becomes the
+        default, as PulseAudio makes a newly plugged headset's microphone; unplugged at the end."""
+        sink = self.pactl("load-module", "module-null-sink", "sink_name=headset_feed")
+        source = self.pactl(
+            "load-module", "module-remap-source", "master=headset_feed.monitor", "source_name=headset",
+            "source_properties=device.description=Test-headset",
+        )  # fmt: skip
+        player = subprocess.Popen(
+            ["pacat", "--playback", "--device=headset_feed", "--format=s16le", "--rate=48000",
+             "--channels=1", "--raw", "--latency-msec=40"],
+            env=self.env,
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+        threading.Thread(target=self._feed, args=(player,), name="pulse-headset", daemon=True).start()
+        self.pactl("set-default-source", "headset")
+        try:
+            yield
+        finally:
+            self.pactl("set-default-source", "mic")
+            player.kill()
+            player.wait(5)
+            self.pactl("unload-module", source)
+            self.pactl("unload-module", sink)
+
+    def _feed(self, player: subprocess.Popen[bytes]) -> None:
+        stdin = player.stdin
         assert stdin is not None
         with contextlib.suppress(OSError, ValueError):
             while True:  # pacat blocks when its buffer is full: the sink's clock paces the loop

@@ -10,7 +10,7 @@ import time
 from parley.emulator.server import GeminiEmulator
 from parley.server import Running
 from tests.browser.conftest import SCREENSHOTS, cut_network
-from tests.browser.firefox import Firefox
+from tests.browser.firefox import Firefox, PulseMic
 from tests.browser.test_widget import HostSite, host_site, parley_for  # noqa: F401 - host_site: a fixture
 from tests.waiting import wait_until
 
@@ -165,3 +165,29 @@ async def test_firefox_widget_on_another_origin_is_refused_with_a_clear_message(
         assert running.worker.calls_started == 0
     finally:
         await running.stop()
+
+
+async def test_firefox_page_follows_a_headset_plugged_in_mid_call_without_a_new_call(
+    server: Running, url: str, firefox: Firefox, pulse_mic: PulseMic
+) -> None:
+    """A real change of the system's default microphone (PulseAudio), as plugging in a headset makes:
+    the page, following the default, sends the new one on the same call (devicechange)."""
+    call_id = await call_from_page(firefox, url)
+    track_label = f"{CLIENT}.mic.getAudioTracks()[0].label"
+    assert await firefox.js(f"return {track_label};") == "Test-microphone"
+    turns = len(await firefox.js(f"return {CLIENT}.turns;"))
+    with pulse_mic.headset():
+        await firefox.wait_for(f"{track_label} === 'Test-headset'", 20, "the page to take up the headset")
+        sent = await firefox.js(
+            f"return {CLIENT}.pc.getSenders().find((s) => s.track && s.track.kind === 'audio').track.label;"
+        )
+        assert sent == "Test-headset"
+        assert (await firefox.text("#status")).startswith("In call (now using Test-headset")
+        # the server hears the headset on the same call: the next sentence is answered
+        await firefox.wait_for(f"{CLIENT}.turns.length > {turns}", 40, "a turn through the headset")
+    assert await firefox.js(f"return {CLIENT}.callId;") == call_id
+    assert list(server.worker.calls) == [call_id]
+    assert server.worker.calls[call_id].rejoins == 0
+    await firefox.click("#hangup")
+    await wait_until(lambda: not server.worker.calls, 10, "the call to end on the server")
+    assert firefox.page_errors(url) == []

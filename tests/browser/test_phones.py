@@ -107,3 +107,80 @@ async def test_widget_on_a_phone_opens_within_the_screen(
         await wait_until(lambda: not running.worker.calls, 10, "the call to end on the server")
     finally:
         await running.stop()
+
+
+async def in_call_on_a_phone(url: str, pages: Pages) -> tuple[Page, str]:
+    page = await pages.open(url, phone=PHONES[0])
+    await page.get_by_role("button", name="Call").tap()
+    await page.wait_for_function("() => parleyDebug.client.state === 'in-call'", timeout=20_000)
+    await page.evaluate(  # every status the page shows, from now on
+        """() => { window.statuses = [];
+            const status = document.querySelector('#status');
+            new MutationObserver(() => window.statuses.push(status.textContent))
+                .observe(status, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+    return page, str(await page.evaluate("() => parleyDebug.client.callId"))
+
+
+async def test_a_microphone_ended_by_the_system_is_said_and_resumed_on_the_same_call(
+    server: Running, url: str, pages: Pages
+) -> None:
+    page, call_id = await in_call_on_a_phone(url, pages)
+    # What a phone call does to the page's microphone: the track ends (readyState "ended", an `ended`
+    # event). Chromium cannot be made to do it from outside, so the page's track is stopped and told.
+    await page.evaluate(
+        """() => { const track = parleyDebug.client.mic.getAudioTracks()[0];
+                   track.stop(); track.dispatchEvent(new Event('ended')); }"""
+    )
+    await expect(page.locator("#status")).to_contain_text("The microphone was interrupted")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "warning")
+    resume = page.get_by_role("button", name="Resume microphone")
+    await expect(resume).to_be_visible()
+    turns = len(await page.evaluate("() => parleyDebug.client.turns"))
+    await resume.tap()
+    await expect(resume).to_be_hidden()
+    await expect(page.locator("#status")).to_have_text("In call")
+    assert await page.evaluate("() => parleyDebug.client.mic.getAudioTracks()[0].readyState") == "live"
+    # The same call hears the user again: the next sentence is answered.
+    await page.wait_for_function(f"() => parleyDebug.client.turns.length > {turns}", timeout=40_000)
+    assert await page.evaluate("() => parleyDebug.client.callId") == call_id
+    assert list(server.worker.calls) == [call_id]
+    assert server.worker.calls[call_id].rejoins == 0
+
+
+async def test_the_page_in_the_background_says_the_call_goes_on_and_carries_on_in_front_again(
+    server: Running, url: str, pages: Pages
+) -> None:
+    page, call_id = await in_call_on_a_phone(url, pages)
+    # Headless Chromium keeps a page visible whatever tab is in front, so the page is told it is hidden
+    # the way a phone tells it, and meanwhile loses what a phone takes from a page in the background:
+    # its audio output paused and its AudioContext suspended.
+    await page.evaluate(
+        """async () => {
+            Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
+            document.dispatchEvent(new Event('visibilitychange'));
+            document.querySelector('#agent').pause();
+            await parleyDebug.client.context.suspend();
+        }"""
+    )
+    await page.wait_for_function(
+        "() => window.statuses.includes('In call (in the background: the call goes on)')", timeout=5_000
+    )
+    assert list(server.worker.calls) == [call_id]  # the call carries on in the background
+    turns = len(await page.evaluate("() => parleyDebug.client.turns"))
+    await page.evaluate(
+        """() => {
+            Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'visible' });
+            document.dispatchEvent(new Event('visibilitychange'));
+        }"""
+    )
+    await expect(page.locator("#status")).to_have_text("In call")
+    await page.wait_for_function(
+        "() => !document.querySelector('#agent').paused && parleyDebug.client.context.state === 'running'",
+        timeout=5_000,
+    )
+    # and the call goes on: the next sentence is answered and heard
+    await page.wait_for_function(f"() => parleyDebug.client.turns.length > {turns}", timeout=40_000)
+    assert await page.evaluate("() => parleyDebug.client.callId") == call_id
+    assert list(server.worker.calls) == [call_id]
