@@ -194,8 +194,10 @@ def live_config(**overrides: Any) -> types.LiveConnectConfig:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[GeminiEmulator]:
-    # Fast replies and fast assumed playout keep every turn well under a second.
-    options = EmulatorOptions(reply_speed=40.0, playout_speed=40.0, reply_delay_s=0.02)
+    # Fast replies and fast assumed playout keep every turn well under a second. These tests pin the 2.5
+    # rules (text turns by clientContent, audioStreamEnd ending a turn); tests/test_model_rules.py has the
+    # 3.x ones, which the default model gets.
+    options = EmulatorOptions(reply_speed=40.0, playout_speed=40.0, reply_delay_s=0.02, rules="2.5")
     emulator = GeminiEmulator(options=options)
     await emulator.start()
     try:
@@ -778,7 +780,11 @@ def test_cli_scenario_file_and_flags(tmp_path: Path) -> None:
     options = cli.options_from_args(args)
     assert (options.drop_after_turns, options.drop_code) == (2, None)  # from the file
     assert (options.lifetime_s, options.reply_speed) == (90, 2)  # flags win over the file
-    assert options.goaway_lead_s == 50  # untouched defaults stay
+    assert options.goaway_lead_s is None and options.rules is None  # untouched defaults stay: by the model
+    args = parser.parse_args(["--rules", "3.x", "--goaway-lead", "60"])
+    assert (cli.options_from_args(args).rules, cli.options_from_args(args).goaway_lead_s) == ("3.x", 60)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rules", "4"])
     scenario.write_text(json.dumps({"no_such_option": 1}))
     with pytest.raises(ValueError, match="no_such_option"):
         cli.options_from_args(parser.parse_args(["--scenario", str(scenario)]))

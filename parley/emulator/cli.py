@@ -23,7 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lifetime", type=float, default=None, help="connection lifetime in seconds (600)")
     parser.add_argument(
-        "--goaway-lead", type=float, default=None, help="goAway this long before the end (50)"
+        "--goaway-lead",
+        type=float,
+        default=None,
+        help="goAway this long before the end (default by the model's rules: 50 s on 2.5, 60 s on 3.x)",
+    )
+    parser.add_argument(
+        "--rules",
+        choices=["2.5", "3.x"],
+        default=None,
+        help="behave like this model family for every model (default: by the setup's model name, "
+        "gemini-3* is 3.x); see docs/gemini-3x-rules.md",
     )
     parser.add_argument("--reply-speed", type=float, default=None, help="reply send rate vs real time (4)")
     parser.add_argument("--reply-chunk-ms", type=int, default=None, help="audio per reply message (200)")
@@ -49,6 +59,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     overrides = {
         "lifetime_s": args.lifetime,
         "goaway_lead_s": args.goaway_lead,
+        "rules": args.rules,
         "reply_speed": args.reply_speed,
         "reply_chunk_ms": args.reply_chunk_ms,
         "reply_delay_s": args.reply_delay,

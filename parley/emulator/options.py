@@ -50,10 +50,24 @@ class EmulatorOptions:
 
     # --- limits ------------------------------------------------------------------------
     lifetime_s: float = 600.0  # connection lifetime, then close 1000
-    goaway_lead_s: float = 50.0  # goAway this long before the lifetime ends (at most half of it)
+    # goAway this long before the lifetime ends (at most half of it); None: as the model's rules say
+    # (50 s on 2.5, 60 s on 3.x).
+    goaway_lead_s: float | None = None
     context_token_limit: int = 128000  # without contextWindowCompression: close 1007 past it
     audio_tokens_per_s: float = 25.0
     handle_ttl_s: float = 7200.0  # resumption handles stay valid this long
+
+    # --- model rules (parley/emulator/rules.py, docs/gemini-3x-rules.md) ----------------
+    # "2.5" or "3.x" for every connection; None: chosen by the setup's model name (gemini-3* is 3.x).
+    rules: str | None = None
+    # One rule each, on or off for every model; None: as the model's rule set says.
+    history_only_client_content: bool | None = None  # clientContent only as initial history, else 1007
+    refuse_concurrent_resume: bool | None = None  # resuming a handle of an open connection: 1011
+    trailing_audio_required: bool | None = None  # audioStreamEnd / digital zeros do not end a turn
+    non_blocking_tools: bool | None = None  # function calls NON_BLOCKING unless declared BLOCKING
+    usage_only_content: bool | None = None  # a usage-only serverContent before each reply's audio
+    refuse_setup_fields: bool | None = None  # proactiveAudio=false, thinkingConfig, affective dialog: 1007
+    concurrent_resume_fails_after_s: float = 0.05  # how long after setupComplete that 1011 comes
 
     # --- fault injection ---------------------------------------------------------------
     goaway_after_s: float | None = None  # extra goAway this long after setup

@@ -123,6 +123,10 @@ class GeminiEmulator:
     def count_audio(self, seconds: float) -> None:
         self._audio_seconds += seconds
 
+    async def go_away(self, time_left_s: float) -> None:
+        """Scenario action: every open connection gets a goAway now and ends `time_left_s` later."""
+        await asyncio.gather(*(s.go_away_now(time_left_s) for s in list(self._sessions)))
+
     def open_connections(self) -> int:
         """Live connections currently open."""
         return len(self._sessions)

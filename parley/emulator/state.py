@@ -58,13 +58,21 @@ class SessionStore:
 
     def __init__(self) -> None:
         self._snapshots: dict[str, tuple[SessionState, float]] = {}
+        self._owners: dict[str, ConnectionRecord] = {}
 
-    def issue(self, state: SessionState, ttl_s: float) -> str:
+    def issue(self, state: SessionState, ttl_s: float, owner: ConnectionRecord | None = None) -> str:
+        """A handle for `state`; `owner` is the connection it was issued on (a resume may race it)."""
         now = time.monotonic()
         self._snapshots = {h: v for h, v in self._snapshots.items() if v[1] > now}
+        self._owners = {h: o for h, o in self._owners.items() if h in self._snapshots}
         handle = secrets.token_urlsafe(24)
         self._snapshots[handle] = (copy.deepcopy(state), now + ttl_s)
+        if owner is not None:
+            self._owners[handle] = owner
         return handle
+
+    def owner(self, handle: str) -> ConnectionRecord | None:
+        return self._owners.get(handle)
 
     def restore(self, handle: str) -> SessionState | None:
         entry = self._snapshots.get(handle)
@@ -85,11 +93,17 @@ class ConnectionRecord:
     started_at: float = field(default_factory=time.time)
     setup: dict[str, Any] | None = None  # the setup message body as received
     model: str | None = None
+    rules: str | None = None  # the model family whose rules applied: "2.5" or "3.x"
     session_id: str | None = None
     resumption_handle: str | None = None  # handle the client asked to resume
     resumed: bool = False
+    concurrent_resume_refused: bool = False  # resumed while the handle's connection was open: 1011
+    initial_history: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (role, text) seeded by clientContent
     client_messages: int = 0  # including setup
     audio_bytes_received: int = 0
+    zero_chunks_received: int = 0  # audio messages of nothing but digital zeros
     turns_answered: int = 0  # replies that reached turnComplete without interruption
     interruptions: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)

@@ -7,6 +7,9 @@ The audio of each turn is kept so the emulator can speak it back. In automatic m
 starts `preroll_ms` before the speech run that committed the start (the Live API guide's
 other reading of `prefixPaddingMs`: "the amount of audio to include before speech is
 detected") and ends `tail_ms` after the last speech frame, not after the whole hangover.
+
+With `needs_real_audio` (the 3.8 rule) `audioStreamEnd` ends nothing and frames of digital zeros are
+not heard at all: only trailing real audio, however quiet, lets the VAD's silence run out.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class TurnDetector:
         self._turn: list[bytes] = []
         self._last_speech = 0  # frames of _turn up to and including the last speech frame
         self._manual_active = False
+        self.needs_real_audio = False
 
     @property
     def in_turn(self) -> bool:
@@ -62,6 +66,8 @@ class TurnDetector:
         self._pending = data[whole:]
         for off in range(0, whole, FRAME_BYTES):
             frame = data[off : off + FRAME_BYTES]
+            if self.needs_real_audio and not any(frame):
+                continue  # digital zeros: as if nothing had been sent
             decision = self._vad.process(pcm_to_array(frame))
             if not self._vad.active and not decision.ended:
                 self._history.append(frame)
@@ -102,7 +108,7 @@ class TurnDetector:
 
     def stream_end(self) -> list[TurnEvent]:
         """`audioStreamEnd`: the client's mic is off, so an ongoing turn ends now."""
-        if not self.automatic:
+        if not self.automatic or self.needs_real_audio:
             return []
         if self._pending and self._vad.active:
             self._turn.append(self._pending)
