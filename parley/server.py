@@ -21,6 +21,7 @@ from google.genai import types
 from parley.agent.call import CallOptions
 from parley.agent.credentials import FreshCredentials
 from parley.agent.gemini import gemini_sessions
+from parley.agent.gemini_setup import refused_setting
 from parley.agent.ice import offer_host_addresses
 from parley.agent.live_config import SessionConfig
 from parley.agent.loopback import loopback_sessions
@@ -134,6 +135,11 @@ async def fresh_vertex_credentials(background: list[asyncio.Task[None]]) -> Fres
 def session_config(settings: Settings, tools: ToolRegistry) -> SessionConfig:
     return SessionConfig(
         model=settings.model,
+        rules=settings.live_rules,
+        vertex=vertex_configured(),
+        proactive_audio=settings.proactive_audio,
+        thinking_budget=settings.thinking_budget,
+        affective_dialog=settings.affective_dialog,
         voice=settings.voice,
         system_instruction=settings.system_instruction,
         uplink_chunk_ms=settings.uplink_chunk_ms,
@@ -279,6 +285,11 @@ async def build_agent(
     An `emulator` passed in (tests) is used as it is."""
     offer_host_addresses(settings.ice_host_addresses)
     backend = settings.resolved_backend()
+    registry = tools or ToolRegistry()
+    config = session_config(settings, registry)
+    refused = refused_setting(config) if backend != "loopback" else None
+    if refused is not None:
+        raise SystemExit(f"parley: {refused}")  # every call would fail the same way
     own_emulator: GeminiEmulator | None = None
     if emulator is None and backend == "emulator":
         emulator = own_emulator = GeminiEmulator()
@@ -289,9 +300,7 @@ async def build_agent(
             emulator.base_url,
         )
     background: list[asyncio.Task[None]] = []
-    registry = tools or ToolRegistry()
     store = profiles or open_profiles(settings, registry)
-    config = session_config(settings, registry)
     sessions: Callable[[SessionConfig], SessionFactory]
     if backend == "loopback":
         echo = loopback_sessions()
@@ -328,7 +337,16 @@ async def build_agent(
         max_calls=settings.max_calls if max_calls is None else max_calls,
     )
     return Agent(
-        worker, backend, own_emulator, background, metrics, config, records, webhooks, tracer, recordings,
+        worker,
+        backend,
+        own_emulator,
+        background,
+        metrics,
+        config,
+        records,
+        webhooks,
+        tracer,
+        recordings,
         profiles=store,
     )
 

@@ -38,6 +38,10 @@ def _env_bool(name: str, default: bool) -> bool:
     raise SystemExit(f"{name} must be true or false, got {raw!r}")
 
 
+def _env_optional_bool(name: str) -> bool | None:
+    return _env_bool(name, False) if os.environ.get(name, "").strip() else None
+
+
 def _env_list(name: str) -> list[str] | None:
     raw = os.environ.get(name)
     if raw is None:
@@ -73,6 +77,12 @@ class Settings:
     # "auto" picks gemini when a key (or Vertex AI) is configured.
     backend: str = "auto"
     model: str = "gemini-3.8-live"
+    # Which Live model rules to follow, "2.5" or "3.x"; None: by the model's name (docs/gemini-3x-rules.md).
+    live_rules: str | None = None
+    # Per-model knobs; None leaves them to the model. 3.x models refuse all three: the call fails at start.
+    proactive_audio: bool | None = None
+    thinking_budget: int | None = None
+    affective_dialog: bool | None = None
     voice: str = "Kore"
     system_instruction: str = "You are a helpful voice assistant. Keep your answers short and conversational."
     # The SDK defaults to v1 for the Developer API; Live is documented on v1beta.
@@ -147,6 +157,13 @@ class Settings:
         s.port = int(_env_float("PARLEY_PORT", s.port))
         s.backend = os.environ.get("PARLEY_BACKEND", s.backend)
         s.model = os.environ.get("PARLEY_MODEL", s.model)
+        s.live_rules = os.environ.get("PARLEY_LIVE_RULES", "").strip() or None
+        if s.live_rules not in (None, "2.5", "3.x"):
+            raise SystemExit(f"PARLEY_LIVE_RULES must be 2.5 or 3.x, got {s.live_rules!r}")
+        s.proactive_audio = _env_optional_bool("PARLEY_PROACTIVE_AUDIO")
+        budget = os.environ.get("PARLEY_THINKING_BUDGET", "").strip()
+        s.thinking_budget = int(_env_float("PARLEY_THINKING_BUDGET", 0)) if budget else None
+        s.affective_dialog = _env_optional_bool("PARLEY_AFFECTIVE_DIALOG")
         s.voice = os.environ.get("PARLEY_VOICE", s.voice)
         s.system_instruction = os.environ.get("PARLEY_SYSTEM_INSTRUCTION", s.system_instruction)
         s.gemini_api_version = os.environ.get("PARLEY_GEMINI_API_VERSION", s.gemini_api_version)

@@ -58,6 +58,7 @@ def media_summary(
             "goaways": stats.goaways,
             "fresh_restarts": stats.fresh_restarts,
             "tool_calls": stats.tool_calls,
+            "switch_gaps_ms": list(stats.switch_gaps_ms),
             "tokens": {
                 "prompt": stats.prompt_tokens,
                 "response": stats.response_tokens,

@@ -10,7 +10,14 @@ alive across Gemini's connection lifetime (goAway), dropped sockets and stale ha
   in the same bounded buffer;
 - on goAway the replacement connection is opened before the old one is closed, at a turn boundary, or at
   once when little time is left;
-- a stale handle (1008) or an exhausted context (1007) starts a fresh session seeded with the transcript.
+- a stale handle (1008) or an exhausted context (1007) starts a fresh session seeded with the transcript;
+  a seed that keeps failing is halved down to nothing rather than retried as it was.
+
+The 3.x models (live_rules.py, docs/gemini-3x-rules.md) change four things here: the seed goes as
+initial history (`historyConfig`, one `clientContent` with `turnComplete: true`, before any audio); a
+goAway switch closes the old connection before resuming (the service refuses a concurrent resume);
+digital zeros are never sent (comfort noise instead) and a paused turn gets quiet trailing audio; and
+tools are NON_BLOCKING with `scheduling` in their answers.
 """
 
 from __future__ import annotations
@@ -20,16 +27,20 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
 from typing import Any
 
 from google import genai
 from google.genai import errors, types
 from websockets.exceptions import ConnectionClosed
 
-from parley.agent.live_config import SessionConfig, greeting_text, shape_setup
+from parley.agent.audio_outbox import AudioOutbox
+from parley.agent.gemini_setup import connect_config, refused_setting, seed_turns
+from parley.agent.live_config import SessionConfig, greeting_text
+from parley.agent.live_rules import Closed, closed
 from parley.agent.session import SessionEnded, SessionFactory, SessionListener, SessionStats
-from parley.agent.usage import add_modalities, grounding_sources
+from parley.agent.usage import count_usage, grounding_sources
+
+__all__ = ["GeminiSession", "SessionConfig", "gemini_sessions", "parse_duration_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +48,18 @@ INPUT_MIME = "audio/pcm;rate=16000"
 VIDEO_MIME = "image/jpeg"
 INPUT_BYTES_PER_SECOND = 16000 * 2
 STABLE_CONNECTION_S = 10.0
+# A replacement that dies with 1011 this soon after opening was a refused concurrent resume.
+CONCURRENT_REFUSAL_S = 2.0
 
 
 class _Connection:
     """Per-connection state: made new for every connection so no flag survives a reconnect."""
 
-    def __init__(self, live: Any, exit_stack: contextlib.AsyncExitStack) -> None:
+    def __init__(self, live: Any, exit_stack: contextlib.AsyncExitStack, replacement: bool) -> None:
         self.live = live
         self.exit_stack = exit_stack
+        self.replacement = replacement  # opened by a make-before-break goAway switch
+        self.seeded = False  # a fresh session given the transcript as history
         self.opened_at = time.monotonic()
         self.generating = False
         self.goaway_deadline: float | None = None
@@ -64,41 +79,33 @@ class GeminiSession:
         self._client = client
         self._config = config
         self._listener = listener
-        self._chunk_bytes = max(2, INPUT_BYTES_PER_SECOND * config.uplink_chunk_ms // 1000) & ~1
-        self._resend_limit = int(config.resend_buffer_s * INPUT_BYTES_PER_SECOND)
-        self._partial = bytearray()
-        self._partial_arrived_at = 0.0
-        # (chunk, when its first packet arrived): the arrival time measures the uplink's added latency.
-        self._outbox: deque[tuple[bytes, float]] = deque()
-        self._outbox_bytes = 0
-        self._since_handle: deque[bytes] = deque()
-        self._since_handle_bytes = 0
+        self.stats = SessionStats()
+        chunk_bytes = max(2, INPUT_BYTES_PER_SECOND * config.uplink_chunk_ms // 1000) & ~1
+        self._audio = AudioOutbox(
+            chunk_bytes, int(config.resend_buffer_s * INPUT_BYTES_PER_SECOND), self.stats
+        )
         self._wake = asyncio.Event()
         self._video: bytes | None = None  # the newest JPEG not yet sent: a slot, never a queue
         self._latest_video: bytes | None = None  # what a new connection is shown at once
         self._handle: str | None = None
         self._transcript: list[tuple[str, str]] = []
         self._closed = False
+        self.live_audio = False  # Gemini speaks in bursts, ahead of playout
+        self._family = config.family
         # Said once, when the caller is there to hear it (a reconnect carries on the conversation).
         self._greeting = config.greeting
         self._caller_here = False
-        self.stats = SessionStats()
-        self.live_audio = False  # Gemini speaks in bursts, ahead of playout
+        # 3.x refuses a resume while the old connection is open: close it first. Learnt on 2.5 too
+        # if the service ever refuses one.
+        self._break_before_make = self._family == "3.x"
+        self._switch_began = 0.0
+        self._refused_switch_at: float | None = None  # a switch whose resume was refused: not over yet
 
     # --- the uplink's door -------------------------------------------------------------------
 
     def send_audio(self, pcm: bytes, arrived_at: float) -> None:
         """Queue caller PCM (16 kHz mono s16); never blocks, whatever the connection is doing."""
-        if not self._partial:
-            self._partial_arrived_at = arrived_at
-        self._partial += pcm
-        while len(self._partial) >= self._chunk_bytes:
-            chunk = bytes(self._partial[: self._chunk_bytes])
-            del self._partial[: self._chunk_bytes]
-            self._outbox.append((chunk, self._partial_arrived_at))
-            self._outbox_bytes += len(chunk)
-            self._partial_arrived_at = arrived_at
-        self._trim()
+        self._audio.add(pcm, arrived_at)
         self._wake.set()
 
     def send_video(self, jpeg: bytes) -> None:
@@ -106,32 +113,23 @@ class GeminiSession:
         self._video = self._latest_video = jpeg
         self._wake.set()
 
-    def end_audio_stream(self) -> None:
-        """The caller paused: send what is buffered, then `audioStreamEnd` so Gemini ends the turn."""
-        if self._partial:
-            self._outbox.append((bytes(self._partial), self._partial_arrived_at))
-            self._outbox_bytes += len(self._partial)
-            self._partial.clear()
-        self._outbox.append((b"", 0.0))
-        self._wake.set()
-
     def caller_connected(self) -> None:
         self._caller_here = True
         self._wake.set()
 
-    def _trim(self) -> None:
-        # The two buffers together hold at most resend_buffer_s: the oldest audio goes first.
-        while self._since_handle and self._since_handle_bytes + self._outbox_bytes > self._resend_limit:
-            self._since_handle_bytes -= len(self._since_handle.popleft())
-        while self._outbox and self._outbox_bytes > self._resend_limit:
-            dropped, _ = self._outbox.popleft()
-            self._outbox_bytes -= len(dropped)
-            self.stats.audio_bytes_dropped += len(dropped)
+    def end_audio_stream(self) -> None:
+        """The caller paused: send what is buffered, then `audioStreamEnd` so Gemini ends the turn.
+        On 3.x `audioStreamEnd` alone ends nothing: quiet real audio goes before it."""
+        self._audio.end_stream(self._config.trailing_audio_s if self._family == "3.x" else 0.0)
+        self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Hold the conversation until `close()`; raises SessionEnded when it cannot go on."""
+        refused = refused_setting(self._config)
+        if refused is not None:
+            raise SessionEnded(refused)
         conn: _Connection | None = None
         failures = 0
         try:
@@ -143,37 +141,59 @@ class GeminiSession:
                         raise
                     except Exception as exc:
                         failures += 1
-                        self._on_failure(exc, failures)
+                        self._on_failure(closed(exc), failures, at_setup=True)
                         await asyncio.sleep(self._backoff(failures))
                         continue
                 try:
                     await self._serve(conn)
                 except Exception as exc:
+                    info = closed(exc)
                     # A connection that opens and dies at once counts against the limit like one that
                     # never opened; one that held for a while starts the count afresh.
                     lived = time.monotonic() - conn.opened_at
+                    if conn.replacement and info.code == 1011 and lived < CONCURRENT_REFUSAL_S:
+                        # The service refused the resume while the old connection was still open:
+                        # resume at once (the old one is closed now), and close first from now on.
+                        self._break_before_make = True
+                        self._refused_switch_at = self._switch_began
+                        self._listener.on_session_event("concurrent_resume_refused", {})
+                        lived = STABLE_CONNECTION_S
                     await self._drop(conn)
                     conn = None
                     failures = 1 if lived >= STABLE_CONNECTION_S else failures + 1
-                    self._on_failure(exc, failures)
+                    self._on_failure(info, failures, at_setup=False)
                     if failures > 1:
                         await asyncio.sleep(self._backoff(failures - 1))
                     continue
                 if self._closed:
                     break
-                # goAway: make the next connection before breaking this one.
-                self.stats.goaways += 1
-                self._listener.on_session_event("goaway_switch", {})
-                try:
-                    replacement = await self._open()
-                except Exception as exc:
-                    logger.info("replacement connection failed (%s); reconnecting after closing", exc)
-                    replacement = None
-                await self._drop(conn)
-                conn = replacement
+                conn = await self._switch(conn)
         finally:
             if conn is not None:
                 await self._drop(conn)
+
+    async def _switch(self, conn: _Connection) -> _Connection | None:
+        """goAway: a new connection resuming this one, made before breaking it where the model allows."""
+        self.stats.goaways += 1
+        make_first = not self._break_before_make
+        self._listener.on_session_event("goaway_switch", {"make_before_break": make_first})
+        began = self._switch_began = time.monotonic()  # no audio goes up until the replacement is ready
+        replacement: _Connection | None = None
+        if not make_first:
+            await self._drop(conn)
+        try:
+            replacement = await self._open(replacement=make_first)
+        except Exception as exc:
+            logger.info("replacement connection failed (%s); reconnecting", closed(exc))
+        if make_first:
+            await self._drop(conn)
+        if replacement is not None:
+            gap_ms = (time.monotonic() - began) * 1000
+            self.stats.switch_gaps_ms.append(round(gap_ms, 1))
+            self._listener.on_session_event(
+                "goaway_switched", {"gap_ms": round(gap_ms, 1), "make_before_break": make_first}
+            )
+        return replacement
 
     async def close(self) -> None:
         self._closed = True
@@ -182,92 +202,83 @@ class GeminiSession:
     def _backoff(self, failures: int) -> float:
         return float(min(self._config.backoff_max_s, self._config.backoff_initial_s * 2 ** (failures - 1)))
 
-    def _on_failure(self, exc: BaseException, failures: int) -> None:
-        code = exc.code if isinstance(exc, errors.APIError) else None
-        message = str(exc.message if isinstance(exc, errors.APIError) else exc) or type(exc).__name__
-        logger.warning("gemini connection lost (code %s: %s), failure %d", code, message[:200], failures)
-        if code == 1008 and self._handle is None:
-            raise SessionEnded(f"gemini refused the session: {message[:200]}")
-        if code in (1007, 1008) and self._handle is not None:
+    def _on_failure(self, info: Closed, failures: int, at_setup: bool) -> None:
+        logger.warning("gemini connection lost (%s), failure %d", str(info)[:200], failures)
+        reason = info.reason[:200]
+        if at_setup and info.refused_request:
+            # The same setup would be refused the same way: say which field, once.
+            raise SessionEnded(f"gemini refused the session setup ({info.code}: {reason})")
+        if info.code == 1008 and self._handle is None:
+            raise SessionEnded(f"gemini refused the session: {reason}")
+        if self._handle is not None and (info.code == 1008 or info.context_full):
             # A stale handle, or a context that is full: resuming would fail the same way again.
             self._handle = None
             self.stats.fresh_restarts += 1
-            self._listener.on_session_event("fresh_session", {"code": code})
-        elif code == 1007:
-            # A fresh session whose context is full right away: seed it with less.
-            self._transcript = self._transcript[len(self._transcript) // 2 :]
+            self._listener.on_session_event("fresh_session", {"code": info.code, "reason": reason})
+        elif info.code == 1007 and self._handle is None and self._transcript:
+            # A fresh session refused at once (a full context, or its seed): seed it with less, and
+            # in the end with nothing, rather than the same again.
+            keep = len(self._transcript) // 2
+            self._transcript = self._transcript[len(self._transcript) - keep :] if keep else []
             self.stats.fresh_restarts += 1
+            self._listener.on_session_event("seed_shrunk", {"turns": keep, "reason": reason})
         if failures > self._config.max_consecutive_failures:
-            raise SessionEnded(f"gemini unavailable after {failures} attempts ({code or message[:80]})")
-        self._listener.on_session_event("reconnecting", {"code": code, "attempt": failures})
-
-    def _connect_config(self) -> types.LiveConnectConfig:
-        cfg = self._config
-        config = types.LiveConnectConfig(
-            response_modalities=[types.Modality.AUDIO],
-            speech_config=types.SpeechConfig(
-                voice_config=types.VoiceConfig(
-                    prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=cfg.voice)
-                )
-            ),
-            input_audio_transcription=types.AudioTranscriptionConfig(),
-            output_audio_transcription=types.AudioTranscriptionConfig(),
-            session_resumption=types.SessionResumptionConfig(handle=self._handle),
+            raise SessionEnded(f"gemini unavailable after {failures} attempts ({info.code}: {reason[:80]})")
+        self._listener.on_session_event(
+            "reconnecting", {"code": info.code, "reason": reason, "attempt": failures}
         )
-        if cfg.system_instruction:
-            config.system_instruction = types.Content(parts=[types.Part(text=cfg.system_instruction)])
-        if cfg.media_resolution:
-            config.media_resolution = types.MediaResolution(
-                f"MEDIA_RESOLUTION_{cfg.media_resolution.upper()}"
-            )
-        if cfg.context_compression:
-            config.context_window_compression = types.ContextWindowCompressionConfig(
-                sliding_window=types.SlidingWindow()
-            )
-        declarations = cfg.tools.declarations()
-        if declarations:
-            config.tools = [types.Tool(function_declarations=declarations)]
-        shape_setup(config, cfg)
-        return config
 
-    async def _open(self) -> _Connection:
+    async def _open(self, replacement: bool = False) -> _Connection:
         stack = contextlib.AsyncExitStack()
         resuming = self._handle is not None
+        seed = seed_turns(self._transcript) if not resuming else []
+        config = connect_config(self._config, self._handle, seeding=bool(seed))
         try:
             live = await stack.enter_async_context(
-                self._client.aio.live.connect(model=self._config.model, config=self._connect_config())
+                self._client.aio.live.connect(model=self._config.model, config=config)
             )
         except BaseException:
             await stack.aclose()
             raise
-        conn = _Connection(live, stack)
+        conn = _Connection(live, stack, replacement)
         self.stats.connections += 1
         if self.stats.connections > 1:
             self.stats.reconnects += 1
-        if not resuming and self._transcript:
-            await self._seed_transcript(live)
+        if seed:
+            try:
+                # On 3.x the initial history must be complete (turnComplete) before any realtime input;
+                # on 2.5 an incomplete turn only adds context without asking for an answer.
+                await live.send_client_content(turns=seed, turn_complete=self._family == "3.x")
+            except BaseException:
+                await stack.aclose()
+                raise
+            conn.seeded = True
         # The resumed state ends at the handle: whatever was sent after it must be sent again.
-        if self._since_handle:
-            self.stats.audio_bytes_resent += self._since_handle_bytes
-            self._outbox.extendleft((chunk, 0.0) for chunk in reversed(self._since_handle))
-            self._outbox_bytes += self._since_handle_bytes
-            self._since_handle.clear()
-            self._since_handle_bytes = 0
+        self._audio.replay()
+        if self._refused_switch_at is not None and self.stats.switch_gaps_ms:
+            # The switch whose resume was refused ends only now: its gap includes the fallback.
+            gap_ms = round((time.monotonic() - self._refused_switch_at) * 1000, 1)
+            self._refused_switch_at = None
+            self.stats.switch_gaps_ms[-1] = gap_ms
+            self._listener.on_session_event(
+                "goaway_switched", {"gap_ms": gap_ms, "make_before_break": True, "fallback": True}
+            )
         # The new connection has not seen the picture: show it the newest frame with the first audio.
         self._video = self._latest_video
+        setup = getattr(live, "setup_complete", None)
+        session_id = getattr(setup, "session_id", None)
+        if session_id:
+            logger.info("gemini session %s (connection %d)", session_id, self.stats.connections)
         self._listener.on_session_event(
-            "connected", {"resumed": resuming, "connection": self.stats.connections}
+            "connected",
+            {
+                "resumed": resuming,
+                "connection": self.stats.connections,
+                "session_id": session_id,
+                "seeded_turns": len(seed),
+            },
         )
         return conn
-
-    async def _seed_transcript(self, live: Any) -> None:
-        turns = [
-            types.Content(role="user" if role == "user" else "model", parts=[types.Part(text=text)])
-            for role, text in self._transcript
-            if text
-        ]
-        if turns:
-            await live.send_client_content(turns=turns, turn_complete=False)
 
     async def _drop(self, conn: _Connection) -> None:
         for task in conn.tool_tasks.values():
@@ -302,7 +313,7 @@ class GeminiSession:
                 await conn.live.send_realtime_input(text=greeting_text(self._greeting))
                 self._greeting = None
                 continue
-            if not self._outbox:
+            if not self._audio:
                 if self._video is not None:
                     # Audio goes first: a frame is sent only when no audio chunk is waiting.
                     jpeg, self._video = self._video, None
@@ -313,20 +324,16 @@ class GeminiSession:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            chunk, arrived_at = self._outbox[0]
+            # Never digital zeros (the outbox makes them comfort noise): 3.x does not end a turn on them.
+            chunk, arrived_at = self._audio.next()
             if not chunk:  # the marker end_audio_stream() left
                 await conn.live.send_realtime_input(audio_stream_end=True)
-                self._outbox.popleft()
+                self._audio.sent()
                 continue
             await conn.live.send_realtime_input(audio=types.Blob(data=chunk, mime_type=INPUT_MIME))
             if arrived_at:
                 self._listener.on_audio_sent(time.monotonic() - arrived_at)
-            self._outbox.popleft()
-            self._outbox_bytes -= len(chunk)
-            self._since_handle.append(chunk)
-            self._since_handle_bytes += len(chunk)
-            self.stats.audio_bytes_sent += len(chunk)
-            self._trim()
+            self._audio.sent()
 
     async def _wait_for_switch(self, conn: _Connection) -> None:
         while not self._closed:
@@ -384,22 +391,13 @@ class GeminiSession:
             update = message.session_resumption_update
             if update.resumable and update.new_handle:
                 self._handle = update.new_handle
-                self._since_handle.clear()
-                self._since_handle_bytes = 0
+                self._audio.handle_issued()
         if message.go_away is not None:
             left = parse_duration_s(message.go_away.time_left)
             conn.goaway_deadline = arrived_at + left
             self._listener.on_session_event("goaway", {"time_left_s": left})
         if message.usage_metadata is not None:
-            usage = message.usage_metadata
-            self.stats.prompt_tokens += usage.prompt_token_count or 0
-            self.stats.response_tokens += usage.response_token_count or 0
-            self.stats.total_tokens += usage.total_token_count or 0
-            for detail in usage.prompt_tokens_details or []:
-                if detail.modality in (types.MediaModality.VIDEO, types.MediaModality.IMAGE):
-                    self.stats.video_tokens_reported += detail.token_count or 0
-            add_modalities(self.stats.input_tokens, usage.prompt_tokens_details)
-            add_modalities(self.stats.output_tokens, usage.response_tokens_details)
+            count_usage(self.stats, message.usage_metadata)
 
     def _record(self, role: str, text: str, finished: bool) -> None:
         if self._transcript and self._transcript[-1][0] == role:
@@ -413,8 +411,10 @@ class GeminiSession:
         self.stats.tool_calls += 1
         self._listener.on_session_event("tool_call", {"id": call_id, "name": call.name})
 
+        tools = self._config.tools
+
         async def run_tool() -> None:
-            result = await self._config.tools.call(
+            result = await tools.call(
                 call.name or "", call.args or {}, self._config.tool_timeout_s, self._config.context
             )
             conn.tool_tasks.pop(call_id, None)
@@ -422,9 +422,12 @@ class GeminiSession:
                 "tool_result", {"id": call_id, "name": call.name, "args": call.args or {}, "result": result}
             )
             try:
+                scheduling = tools.scheduling(call.name or "", self._family, self._config.vertex)
                 await conn.live.send_tool_response(
                     function_responses=[
-                        types.FunctionResponse(id=call_id or None, name=call.name, response=result)
+                        types.FunctionResponse(
+                            id=call_id or None, name=call.name, response=result, scheduling=scheduling
+                        )
                     ]
                 )
             except (errors.APIError, ConnectionClosed) as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from google.genai import types
 
+from parley.agent.live_rules import family_of
 from parley.agent.tools import CallContext, ToolRegistry
 
 # How a greeting is asked for: as text in the realtime stream (allowed on every Live model, where
@@ -44,6 +45,9 @@ class ActivityDetection:
 @dataclass
 class SessionConfig:
     model: str = "gemini-3.8-live"
+    # "2.5" or "3.x": which Live rules to follow; None: by the model's name (gemini-3* is 3.x).
+    rules: str | None = None
+    vertex: bool = False  # Vertex AI: no `scheduling` in function responses
     voice: str = "Kore"
     system_instruction: str = ""
     uplink_chunk_ms: int = 20
@@ -58,6 +62,13 @@ class SessionConfig:
     media_resolution: str | None = None  # LOW, MEDIUM or HIGH: tokens per video frame; None: the default
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     tool_timeout_s: float = 10.0
+    # 3.x: quiet non-zero audio sent before audioStreamEnd, which alone does not end a turn there.
+    trailing_audio_s: float = 0.5
+    # Per-model knobs; None leaves them to the model. 3.x refuses all three (affective dialog: on the
+    # Developer API), so setting one there fails the call at start (gemini_setup.refused_setting).
+    proactive_audio: bool | None = None
+    thinking_budget: int | None = None
+    affective_dialog: bool | None = None
     # --- what an agent profile adds ---
     language: str | None = None  # speech language code ("en-US"); None: the model's choice
     greeting: str | None = None  # said by the agent when the call's conversation first opens
@@ -65,6 +76,11 @@ class SessionConfig:
     temperature: float | None = None
     activity: ActivityDetection = field(default_factory=ActivityDetection)
     context: CallContext | None = None  # handed to tools that ask for it
+
+    @property
+    def family(self) -> str:
+        """ "2.5" or "3.x": the Live rules this conversation follows (docs/gemini-3x-rules.md)."""
+        return family_of(self.model, self.rules)
 
 
 def shape_setup(config: types.LiveConnectConfig, cfg: SessionConfig) -> None:

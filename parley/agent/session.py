@@ -44,6 +44,7 @@ class SessionStats:
     # usageMetadata's promptTokensDetails/responseTokensDetails summed: {"AUDIO": n, "TEXT": n, ...}
     input_tokens: dict[str, int] = field(default_factory=dict)
     output_tokens: dict[str, int] = field(default_factory=dict)
+    switch_gaps_ms: list[float] = field(default_factory=list)  # each goAway switch: no audio went up
 
 
 class SessionEnded(Exception):

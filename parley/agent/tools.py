@@ -18,6 +18,12 @@ the call's id, agent and variables, and the model never sees that parameter.
     def lookup_order(context: CallContext) -> dict:
         "The caller's order."
         return orders.get(context.variables.get("order_id", ""))
+
+On the 3.x Live models a call is NON_BLOCKING unless the tool says `@tool(blocking=True)`: the model
+talks on while the tool runs, and the answer is spoken as `@tool(scheduling=...)` says: "WHEN_IDLE"
+(the default: once the model is not speaking), "INTERRUPT" (at once) or "SILENT" (remembered only).
+Vertex AI refuses `scheduling`, so it is left out there. On 2.5 models a tool is declared as it says,
+or with the model's default (blocking) when it says nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints, overload
 
 from google.genai import types
 
@@ -58,13 +64,53 @@ def _context_parameters(function: Callable[..., Any]) -> list[str]:
     return [name for name in inspect.signature(function).parameters if hints.get(name) is CallContext]
 
 
+SCHEDULING = ("WHEN_IDLE", "INTERRUPT", "SILENT")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ToolOptions:
+    blocking: bool | None = None  # None: the model's default (3.x: NON_BLOCKING, 2.5: blocking)
+    scheduling: str = "WHEN_IDLE"  # how a NON_BLOCKING call's answer is spoken
+
+
 class ToolRegistry:
     def __init__(self) -> None:
         self._functions: dict[str, Callable[..., Any]] = {}
+        self._options: dict[str, ToolOptions] = {}
 
-    def register(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        self._functions[function.__name__] = function
-        return function
+    @overload
+    def register(self, function: F) -> F: ...
+    @overload
+    def register(
+        self, function: None = None, *, blocking: bool | None = None, scheduling: str = "WHEN_IDLE"
+    ) -> Callable[[F], F]: ...
+    def register(
+        self, function: F | None = None, *, blocking: bool | None = None, scheduling: str = "WHEN_IDLE"
+    ) -> F | Callable[[F], F]:
+        """`@tools.register` or `@tools.register(blocking=True, scheduling="INTERRUPT")`."""
+        if scheduling not in SCHEDULING:
+            raise ValueError(f"scheduling must be one of {', '.join(SCHEDULING)}, not {scheduling!r}")
+        options = ToolOptions(blocking=blocking, scheduling=scheduling)
+
+        def add(fn: F) -> F:
+            self._functions[fn.__name__] = fn
+            self._options[fn.__name__] = options
+            return fn
+
+        return add(function) if function is not None else add
+
+    def blocking(self, name: str, family: str) -> bool:
+        """Whether the model waits for this tool's answer on a model of `family` ("2.5" or "3.x")."""
+        blocking = self._options.get(name, ToolOptions()).blocking
+        return blocking if blocking is not None else family != "3.x"
+
+    def scheduling(self, name: str, family: str, vertex: bool) -> types.FunctionResponseScheduling | None:
+        """What a response says about when to speak it: only for NON_BLOCKING calls, never on Vertex AI."""
+        if vertex or family != "3.x" or self.blocking(name, family):
+            return None
+        return types.FunctionResponseScheduling(self._options.get(name, ToolOptions()).scheduling)
 
     def __len__(self) -> int:
         return len(self._functions)
@@ -73,14 +119,22 @@ class ToolRegistry:
         return sorted(self._functions)
 
     def subset(self, names: Iterable[str]) -> ToolRegistry:
-        """Only the named tools (KeyError for one not registered)."""
+        """Only the named tools (KeyError for one not registered), with their options."""
         chosen = ToolRegistry()
         for name in names:
-            chosen.register(self._functions[name])
+            options = self._options[name]
+            chosen.register(blocking=options.blocking, scheduling=options.scheduling)(self._functions[name])
         return chosen
 
-    def declarations(self) -> list[types.FunctionDeclaration]:
-        return [_declaration(f) for f in self._functions.values()]
+    def declarations(self, family: str = "2.5") -> list[types.FunctionDeclaration]:
+        out = []
+        for name, function in self._functions.items():
+            declaration = _declaration(function)
+            if family == "3.x" or self._options[name].blocking is not None:
+                blocking = self.blocking(name, family)
+                declaration.behavior = types.Behavior.BLOCKING if blocking else types.Behavior.NON_BLOCKING
+            out.append(declaration)
+        return out
 
     async def call(
         self, name: str, args: dict[str, Any], timeout_s: float, context: CallContext | None = None
@@ -131,9 +185,18 @@ def _declaration(function: Callable[..., Any]) -> types.FunctionDeclaration:
 default_registry = ToolRegistry()
 
 
-def tool(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Offer `function` to the model in every call of this process."""
-    return default_registry.register(function)
+@overload
+def tool(function: F) -> F: ...
+@overload
+def tool(
+    function: None = None, *, blocking: bool | None = None, scheduling: str = "WHEN_IDLE"
+) -> Callable[[F], F]: ...
+def tool(
+    function: F | None = None, *, blocking: bool | None = None, scheduling: str = "WHEN_IDLE"
+) -> F | Callable[[F], F]:
+    """Offer `function` to the model in every call of this process: `@tool` or `@tool(blocking=True)`."""
+    add = default_registry.register(blocking=blocking, scheduling=scheduling)
+    return add(function) if function is not None else add
 
 
 def load_tool_module(path: str) -> None:
