@@ -260,6 +260,37 @@ async def test_tools_say_how_they_block_and_when_to_speak(emulator: GeminiEmulat
         assert "scheduling" not in response
 
 
+async def test_a_tool_running_across_a_goaway_switch_is_answered_on_the_new_connection(
+    emulator: GeminiEmulator,
+) -> None:
+    tools = ToolRegistry()
+    release = asyncio.Event()
+
+    @tools.register
+    async def order_status(order_id: str) -> dict[str, str]:
+        """The shipping status of an order; slow."""
+        await release.wait()
+        return {"status": f"order {order_id} has shipped"}
+
+    emulator.options.tool_call = "order_status"
+    emulator.options.tool_call_args = {"order_id": "B52"}
+    emulator.options.tool_call_turns = [1]
+    running = await start(make_settings(), tools=tools, emulator=emulator)
+    try:
+        async with calling(url_of(running)) as call:
+            await take_turn(call, SHORT)  # the call is made; the model speaks on (3.x: NON_BLOCKING)
+            await emulator.go_away(20.0)
+            await wait_until(lambda: len(emulator.connections) == 2, 15, "the switch")
+            release.set()
+            spoken = lambda: "".join(e["text"] for e in events(call, "transcript", role="agent"))  # noqa: E731
+            await wait_until(lambda: "B52 has shipped" in spoken(), 15, "the answer spoken after the switch")
+    finally:
+        await running.stop()
+    first, second = emulator.connections
+    assert first.tool_calls and not first.tool_responses
+    assert second.resumed and second.tool_responses[0]["id"] == first.tool_calls[0]["id"]
+
+
 def test_vertex_leaves_scheduling_out() -> None:
     tools = ToolRegistry()
 

@@ -30,14 +30,14 @@ import time
 from typing import Any
 
 from google import genai
-from google.genai import errors, types
-from websockets.exceptions import ConnectionClosed
+from google.genai import types
 
 from parley.agent.audio_outbox import AudioOutbox
 from parley.agent.gemini_setup import connect_config, refused_setting, seed_turns
 from parley.agent.live_config import SessionConfig, greeting_text
 from parley.agent.live_rules import Closed, closed
 from parley.agent.session import SessionEnded, SessionFactory, SessionListener, SessionStats
+from parley.agent.tool_calls import ToolCalls
 from parley.agent.usage import count_usage, grounding_sources
 
 __all__ = ["GeminiSession", "SessionConfig", "gemini_sessions", "parse_duration_s"]
@@ -63,7 +63,6 @@ class _Connection:
         self.opened_at = time.monotonic()
         self.generating = False
         self.goaway_deadline: float | None = None
-        self.tool_tasks: dict[str, asyncio.Task[None]] = {}
 
 
 def parse_duration_s(value: str | None) -> float:
@@ -99,6 +98,8 @@ class GeminiSession:
         # if the service ever refuses one.
         self._break_before_make = self._family == "3.x"
         self._switch_began = 0.0
+        # Tool calls run across connections: a resumed session still waits for their answers.
+        self._tools = ToolCalls(config, self._family, listener, self.stats)
         self._refused_switch_at: float | None = None  # a switch whose resume was refused: not over yet
 
     # --- the uplink's door -------------------------------------------------------------------
@@ -171,6 +172,7 @@ class GeminiSession:
         finally:
             if conn is not None:
                 await self._drop(conn)
+            self._tools.cancel_all()
 
     async def _switch(self, conn: _Connection) -> _Connection | None:
         """goAway: a new connection resuming this one, made before breaking it where the model allows."""
@@ -255,6 +257,11 @@ class GeminiSession:
             conn.seeded = True
         # The resumed state ends at the handle: whatever was sent after it must be sent again.
         self._audio.replay()
+        try:
+            await self._tools.connected(live, resumed=resuming)
+        except BaseException:
+            await stack.aclose()
+            raise
         if self._refused_switch_at is not None and self.stats.switch_gaps_ms:
             # The switch whose resume was refused ends only now: its gap includes the fallback.
             gap_ms = round((time.monotonic() - self._refused_switch_at) * 1000, 1)
@@ -281,8 +288,6 @@ class GeminiSession:
         return conn
 
     async def _drop(self, conn: _Connection) -> None:
-        for task in conn.tool_tasks.values():
-            task.cancel()
         if conn.generating:
             # The cut-off turn will not complete on this connection; what was queued still plays.
             self._listener.on_turn_complete(cut=True)
@@ -380,13 +385,10 @@ class GeminiSession:
         if message.tool_call is not None:
             conn.generating = True
             for call in message.tool_call.function_calls or []:
-                self._start_tool(conn, call)
+                self._tools.start(call)
         if message.tool_call_cancellation is not None:
             for call_id in message.tool_call_cancellation.ids or []:
-                task = conn.tool_tasks.pop(call_id, None)
-                if task is not None:
-                    task.cancel()
-                    self._listener.on_session_event("tool_cancelled", {"id": call_id})
+                self._tools.cancel(call_id)
         if message.session_resumption_update is not None:
             update = message.session_resumption_update
             if update.resumable and update.new_handle:
@@ -405,35 +407,6 @@ class GeminiSession:
         else:
             self._transcript.append((role, text))
         self._listener.on_transcript(role, text, finished)
-
-    def _start_tool(self, conn: _Connection, call: types.FunctionCall) -> None:
-        call_id = call.id or ""
-        self.stats.tool_calls += 1
-        self._listener.on_session_event("tool_call", {"id": call_id, "name": call.name})
-
-        tools = self._config.tools
-
-        async def run_tool() -> None:
-            result = await tools.call(
-                call.name or "", call.args or {}, self._config.tool_timeout_s, self._config.context
-            )
-            conn.tool_tasks.pop(call_id, None)
-            self._listener.on_observed(
-                "tool_result", {"id": call_id, "name": call.name, "args": call.args or {}, "result": result}
-            )
-            try:
-                scheduling = tools.scheduling(call.name or "", self._family, self._config.vertex)
-                await conn.live.send_tool_response(
-                    function_responses=[
-                        types.FunctionResponse(
-                            id=call_id or None, name=call.name, response=result, scheduling=scheduling
-                        )
-                    ]
-                )
-            except (errors.APIError, ConnectionClosed) as exc:
-                logger.info("tool %s answered after its connection closed: %s", call.name, exc)
-
-        conn.tool_tasks[call_id] = asyncio.create_task(run_tool())
 
 
 def gemini_sessions(client: genai.Client, config: SessionConfig) -> SessionFactory:

@@ -82,7 +82,6 @@ class Replies:
         self._progress: ReplyProgress | None = None
         self._tool_wait: asyncio.Future[list[dict[str, Any]]] | None = None
         self._tool_answers: dict[str, dict[str, Any]] = {}
-        self._background_calls: dict[str, dict[str, Any]] = {}  # NON_BLOCKING calls not yet answered
 
     # ------------------------------------------------------------------ turns
 
@@ -104,7 +103,7 @@ class Replies:
         self._tool_wait = None
         if progress.pending_tool_ids:
             for call_id in progress.pending_tool_ids:
-                self._background_calls.pop(call_id, None)
+                self.state.pending_calls.pop(call_id, None)
             await self._send({"toolCallCancellation": {"ids": list(progress.pending_tool_ids)}})
         await self._send({"serverContent": {"interrupted": True}})
         # Only what was sent is in the model's history, heard or not.
@@ -252,8 +251,8 @@ class Replies:
             self.record.tool_responses.append(response)
             rid = str(pick(response, "id"))
             progress = self._progress
-            if rid in self._background_calls:
-                self._background_calls.pop(rid)
+            if rid in self.state.pending_calls:
+                self.state.pending_calls.pop(rid)
                 if progress is not None and rid in progress.pending_tool_ids:
                     progress.pending_tool_ids.remove(rid)
                 await self._on_background_answer(response, scheduling or "WHEN_IDLE")
@@ -292,7 +291,7 @@ class Replies:
         self.record.tool_calls.append(call)
         if not self._blocking(name):
             # The model speaks on; the answer comes when it comes (cancelled if the user cuts this reply).
-            self._background_calls[call_id] = call
+            self.state.pending_calls[call_id] = call
             await self._send({"toolCall": {"functionCalls": [call]}})
             return None
         self._tool_answers = {}

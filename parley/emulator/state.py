@@ -27,6 +27,8 @@ class SessionState:
     session_id: str
     turns: int = 0  # user turns taken
     history: list[HistoryEntry] = field(default_factory=list)
+    # NON_BLOCKING calls not yet answered: a resumed connection still takes their answers
+    pending_calls: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def context_tokens(self) -> int:
