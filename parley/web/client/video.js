@@ -189,14 +189,19 @@ export class Video {
     const track = this.track;
     if (!this.sender || !track) return;
     const limits = sendLimits(this.source, track.getSettings?.() || {}, this.server() || {});
-    const params = this.sender.getParameters();
-    if (!params.encodings?.length) params.encodings = [{}];
-    Object.assign(params.encodings[0], limits);
-    // The agent wants detail, not motion (screen text must stay sharp): when the bitrate or the CPU is
-    // short, send fewer frames rather than fewer pixels. "balanced" started a camera at 576 px.
-    params.degradationPreference = "maintain-resolution";
+    const sender = this.sender;
+    const apply = (preference) => {
+      const params = sender.getParameters(); // fresh each time: Chrome wants its transaction id
+      if (!params.encodings?.length) params.encodings = [{}];
+      Object.assign(params.encodings[0], limits);
+      if (preference) params.degradationPreference = preference;
+      return sender.setParameters(params);
+    };
     try {
-      await this.sender.setParameters(params);
+      // The agent wants detail, not motion (screen text must stay sharp): when the bitrate or the CPU
+      // is short, send fewer frames rather than fewer pixels ("balanced" started a camera at 576 px).
+      // Not every browser takes degradationPreference here: the limits matter more.
+      await apply("maintain-resolution").catch(() => apply(null));
       this.limits = limits;
     } catch (error) {
       console.warn(`Parley: the video sender's limits could not be set: ${error?.message || error}`);
