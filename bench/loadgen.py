@@ -1,7 +1,8 @@
 """The load generator: N concurrent headless calls against a server with Parley's HTTP API.
 
 Runs in its own process (`python -m bench.loadgen URL --calls N ...`). Each call sends the pre-encoded test
-signal (bench/testsignal.py) as paced RTP, optionally dropping a fraction of its packets, and taps what it
+signal (bench/testsignal.py) as paced RTP (with --video, also a camera: bench/video.py), optionally
+dropping a fraction of its packets, and taps what it
 receives like `parley.caller` does (no jitter buffer, decoded on arrival, here at 16 kHz). Round-trip
 latency is marker in, marker out: a 20 ms tone burst sent in silence, found in the received audio with
 sample precision. Prints `MEASURE start` / `MEASURE end` lines around the measured window (the
@@ -28,6 +29,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench.testsignal import FRAME, RATE, TestSignal, make_signal
+from bench.video import PacketCamera
 from parley.agent.ice import offer_host_addresses, rtc_configuration
 from parley.agent.metrics import sample_loop_lag
 from parley.agent.uplink import OpusUplink, tap_receiver
@@ -75,8 +77,11 @@ class PacketMic(MediaStreamTrack):
 
 
 class BenchCall:
-    def __init__(self, url: str, signal: TestSignal, loss: float, record: bool, seed: int) -> None:
+    def __init__(
+        self, url: str, signal: TestSignal, loss: float, record: bool, seed: int, video: bool = False
+    ) -> None:
         self.url = url.rstrip("/") + "/"
+        self.camera = PacketCamera() if video else None
         self.pc = RTCPeerConnection(rtc_configuration([]))
         self.mic = PacketMic(signal)
         self.record = record
@@ -113,6 +118,8 @@ class BenchCall:
         pc.addTrack(self.mic)
         transceiver = pc.getTransceivers()[0]
         tap_receiver(transceiver.receiver, OpusUplink(self._on_pcm, sample_rate=16000))
+        if self.camera is not None:
+            self.camera.listen(pc.addTrack(self.camera))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -216,7 +223,10 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     signal = make_signal()
     lag: list[float] = []
     lag_task = asyncio.create_task(sample_loop_lag(lag.append))
-    calls = [BenchCall(args.url, signal, args.loss, args.record, seed=i + 1) for i in range(args.calls)]
+    calls = [
+        BenchCall(args.url, signal, args.loss, args.record, seed=i + 1, video=args.video)
+        for i in range(args.calls)
+    ]
     session = aiohttp.ClientSession()
     failures: list[str] = []
     gate = asyncio.Semaphore(4)
@@ -259,6 +269,9 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     drift = round(p95_late - p95_early, 2) if p95_early is not None and p95_late is not None else None
     values = [r for _, r in rtts]
     snrs = [s for c in live for s in c.speech_snr(signal, start, end)]
+    camera_frames = [
+        sum(1 for at, _ in c.camera.sent_at if start <= at < end) / (end - start) for c in live if c.camera
+    ]
     return {
         "calls": args.calls,
         "connected": len(live),
@@ -288,6 +301,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
             for key in ("answer_ms", "connect_ms", "first_audio_ms")
         },
         "loadgen_loop_lag_ms": {"p99": pct(lag_end, 99), "max": pct(lag_end, 100)},
+        "video_frames_per_s": round(float(np.mean(camera_frames)), 2) if camera_frames else None,
+        "video_keyframes": sum(c.camera.keyframes_sent for c in live if c.camera),
     }
 
 
@@ -333,6 +348,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--loss", type=float, default=0.0, help="fraction of uplink RTP packets dropped")
     parser.add_argument("--record", action="store_true", help="keep the received audio (for the SNR)")
+    parser.add_argument("--video", action="store_true", help="each call also sends a camera (bench/video.py)")
     parser.add_argument("--setup", type=int, default=0, help="instead: this many calls one after another")
     parser.add_argument("--agent", default=None, help="the agent profile set-up calls ask for")
     parser.add_argument("--variables", default=None, help="JSON variables set-up calls send with it")

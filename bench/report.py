@@ -265,6 +265,11 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
         ]
     if results.get("loss"):
         lines += ["### Uplink loss sweep (2 calls)", "", *loss_table(results["loss"]), ""]
+    if results.get("video"):
+        from bench.video import video_table
+
+        summary = results["video"]["summary"]
+        lines += ["### Camera on top of audio (loopback backend)", "", *video_table(summary), ""]
     if results.get("bargein"):
         lines += [
             "### Barge-in and answer timing (emulator backend, 1 call)",

@@ -179,6 +179,11 @@ def loadgen(server: Server, args: list[str]) -> tuple[dict[str, Any], dict[str, 
         for key, name in LATENCIES.items():
             numbers[key] = delta_histogram(window["m0"], window["m1"], name)
         m0, m1 = window["m0"], window["m1"]
+        video = {k: v - m0.get(k, 0.0) for k, v in m1.items() if k.startswith("parley_video_")}
+        if video:
+            numbers["video"] = video
+        video_frames = m1.get("parley_video_frames_total", 0.0) - m0.get("parley_video_frames_total", 0.0)
+        numbers["video_frames_per_call_s"] = round(video_frames / (calls * seconds), 3)
         for outcome in ("concealed", "recovered", "decoded"):
             key = f"parley_uplink_frames_total{{outcome={outcome}}}"
             if key in m1:
@@ -409,7 +414,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--ladder", default="1,5,10,15,20,25,30,35,40,50,60,70,80")
-    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,bargein,records")
+    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,video,bargein,records")
     args = parser.parse_args()
     only = set(args.only.split(","))
     ladder = [int(n) for n in args.ladder.split(",")]
@@ -434,6 +439,11 @@ def main() -> None:
         if "loss" in only:
             losses = [0.0, 0.05] if args.quick else [0.0, 0.01, 0.05, 0.10]
             results["loss"] = loss_sweep(servers, losses, 10.0 if args.quick else 18.0)
+        if "video" in only:
+            from bench.video import video_cost
+
+            rounds = 1 if args.quick else 2
+            results["video"] = video_cost(servers["parley"], measured_load, log, [1, 10], window, rounds)
     finally:
         for server in servers.values():
             server.stop()
