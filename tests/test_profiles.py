@@ -369,3 +369,26 @@ def test_a_broken_file_on_reload_keeps_the_old_profiles(
     assert store.reload() and store.catalog.names() == ["a", "b"]
     with pytest.raises(ProfileFileError):
         ProfileStore.open(str(tmp_path / "missing.toml"))
+
+
+async def test_a_call_record_names_its_agent_and_model(emulator: GeminiEmulator, tmp_path: Path) -> None:
+    from tests.test_records import get, recorded
+
+    agents = write(tmp_path / "agents.toml", AGENTS)
+    settings = make_settings(agents_file=str(agents), database_url=f"sqlite:///{tmp_path}/records.db")
+    running = await start(settings, registry(), emulator=emulator)
+    try:
+        url = base(running)
+        caller = await calling(url, agent="sales")
+        await caller.hang_up()
+        assert caller.call_url is not None
+        call_id = caller.call_url.rsplit("/", 1)[1]
+        record = await recorded(url, call_id)
+        assert record["agent"] == "sales"
+        assert record["model"] == "gemini-2.5-flash-native-audio-preview-12-2025"
+        status, page = await get(f"{url}/v1/calls?agent=sales")
+        assert status == 200 and [c["id"] for c in page["calls"]] == [call_id]
+        status, page = await get(f"{url}/v1/calls?agent=support")
+        assert status == 200 and page["calls"] == []
+    finally:
+        await running.stop()

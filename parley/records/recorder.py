@@ -213,6 +213,8 @@ class CallRecorder(CallObserver):
         }
         if summary.get("agent"):
             columns["agent"] = summary["agent"]
+        if summary.get("model"):  # the call's agent profile may name another model than the process's
+            columns["model"] = summary["model"]
         return columns
 
     def _finish(self, call_id: str, live: _Live, role: str, interrupted: bool = False) -> None:
