@@ -214,6 +214,11 @@ class BenchCall:
         return out
 
 
+async def ramped(connect: Any, call: BenchCall, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await connect(call)
+
+
 def pct(values: list[float], q: float) -> float | None:
     finite = [v for v in values if np.isfinite(v)]
     return round(float(np.percentile(finite, q)) * 1000, 2) if finite else None
@@ -239,11 +244,16 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                 failures.append(f"{type(exc).__name__}: {exc}"[:200])
 
     try:
-        await asyncio.gather(*(connect(c) for c in calls))
-        await asyncio.sleep(args.warmup)
-        start = time.monotonic()
-        lag.clear()
-        print("MEASURE start", flush=True)
+        if args.measure_setup:  # the window takes in the set-ups: calls start in it, one every --ramp s
+            start = time.monotonic()
+            print("MEASURE start", flush=True)
+            await asyncio.gather(*(ramped(connect, c, i * args.ramp) for i, c in enumerate(calls)))
+        else:
+            await asyncio.gather(*(connect(c) for c in calls))
+            await asyncio.sleep(args.warmup)
+            start = time.monotonic()
+            lag.clear()
+            print("MEASURE start", flush=True)
         await asyncio.sleep(args.seconds)
         end = time.monotonic()
         print("MEASURE end", flush=True)
@@ -349,6 +359,10 @@ def main() -> None:
     parser.add_argument("--loss", type=float, default=0.0, help="fraction of uplink RTP packets dropped")
     parser.add_argument("--record", action="store_true", help="keep the received audio (for the SNR)")
     parser.add_argument("--video", action="store_true", help="each call also sends a camera (bench/video.py)")
+    parser.add_argument(
+        "--measure-setup", action="store_true", help="measure from before the first call is set up"
+    )
+    parser.add_argument("--ramp", type=float, default=0.0, help="with --measure-setup: s between call starts")
     parser.add_argument("--setup", type=int, default=0, help="instead: this many calls one after another")
     parser.add_argument("--agent", default=None, help="the agent profile set-up calls ask for")
     parser.add_argument("--variables", default=None, help="JSON variables set-up calls send with it")

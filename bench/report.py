@@ -128,6 +128,24 @@ def bargein_table(b: dict[str, Any]) -> list[str]:
     ]
 
 
+def stalls_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "| server | calls | loop lag p50 / p99 ms | max ms (at most) | samples | CPU (core) "
+        "| min frames/s | answers | load generator lag p99 ms |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lag, load = r.get("loop_lag", {}), r["load"]
+        out.append(
+            f"| {r['server']} | {r['calls']} | {fmt(lag.get('p50'))} / {fmt(lag.get('p99'))} "
+            f"| {fmt(lag.get('max_at_most'))} | {fmt(lag.get('count'), 0)} "
+            f"| {fmt(r.get('cpu_core_share'), 2)} "
+            f"| {fmt(load['frames_per_s']['min'])} | {fmt(r.get('response', {}).get('count'), 0)} "
+            f"| {fmt(load['loadgen_loop_lag_ms']['p99'])} |"
+        )
+    return out
+
+
 def plots(results: dict[str, Any], docs: Path) -> list[str]:
     import matplotlib
 
@@ -275,6 +293,13 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
             "### Barge-in and answer timing (emulator backend, 1 call)",
             "",
             *bargein_table(results["bargein"]),
+            "",
+        ]
+    if results.get("stalls"):
+        lines += [
+            "### Event-loop lag through call set-ups and turns",
+            "",
+            *stalls_table(results["stalls"]),
             "",
         ]
     docs.mkdir(parents=True, exist_ok=True)

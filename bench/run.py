@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None) 
         cmd += ["--port", str(port)]
         env.pop("GEMINI_API_KEY", None)
         env.pop("GOOGLE_API_KEY", None)
+    env.update(extra_env or {})
     process = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -139,7 +141,10 @@ def delta_histogram(before: dict[str, Any], after: dict[str, Any], name: str) ->
         value = histogram_quantile(buckets, x)
         return None if value is None else round(value * 1000, 2)
 
-    return {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "count": count}
+    # the largest sample is somewhere in the first bucket that holds them all: its upper bound
+    top = next((bound for bound, n in buckets if n >= count), None) if count else None
+    peak = None if top is None or top == float("inf") else round(top * 1000, 2)
+    return {"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "max_at_most": peak, "count": count}
 
 
 def loadgen(server: Server, args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -300,6 +305,59 @@ def ablation(calls: int, seconds: float, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def loop_stalls(calls: list[int], seconds: float) -> list[dict[str, Any]]:
+    """The event loop's lag over a window that takes in every call's set-up (one starting every 0.1 s)
+    and two turns of each (the emulator's reply to the test sentence, then the next sentence).
+
+    Twice: `parley serve` with its embedded emulator (the offline default: the emulator's work shares
+    the agent's loop and core), and `--backend gemini` against `parley emulator` in a process of its
+    own on the load generator's core (as with Gemini: the agent's process does only the agent's work)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as certs:
+        emulator = subprocess.Popen(
+            [PY, "-m", "parley.cli", "emulator", "--port", "18231", "--cert-dir", certs],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=pin(LOAD_CPU),
+        )
+        external = {
+            "GEMINI_API_KEY": "bench-not-a-key",
+            "GOOGLE_GEMINI_BASE_URL": "https://127.0.0.1:18231",
+            "SSL_CERT_FILE": str(Path(certs) / "ca.pem"),
+        }
+        try:
+            deadline = time.monotonic() + 30
+            while not (Path(certs) / "ca.pem").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for kind, env, steps in (("emulator", None, calls), ("gemini", external, calls[-1:])):
+                server = start_server(kind, 18211, env)
+                try:
+                    for n in steps:
+                        rows.append(stall_step(server, kind, n, seconds))
+                finally:
+                    server.stop()
+        finally:
+            emulator.terminate()
+            emulator.wait(10)
+    return rows
+
+
+def stall_step(server: Server, kind: str, n: int, seconds: float) -> dict[str, Any]:
+    args = ["--calls", str(n), "--seconds", str(seconds), "--measure-setup", "--ramp", "0.1"]
+    result, numbers = measured_load(server, args)
+    lag = numbers.get("loop_lag", {})
+    name = "parley, embedded emulator" if kind == "emulator" else "parley, emulator in its own process"
+    log(
+        f"{kind:9s} N={n:3d} loop lag p50/p99/max<={lag.get('p50')}/{lag.get('p99')}/"
+        f"{lag.get('max_at_most')} ms (samples {lag.get('count')})"
+        f" cpu={numbers.get('cpu_core_share')} core fps={result['frames_per_s']['min']}"
+        f" turns={numbers.get('response', {}).get('count')}"
+        f" loadgen lag99={result['loadgen_loop_lag_ms']['p99']}"
+    )
+    return {"server": name, "calls": n, **numbers, "load": result}
+
+
 def setup_times(servers: dict[str, Server], calls: int) -> dict[str, Any]:
     out = {}
     for name, server in servers.items():
@@ -414,7 +472,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--ladder", default="1,5,10,15,20,25,30,35,40,50,60,70,80")
-    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,video,bargein,records")
+    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,video,bargein,records,stalls")
+    parser.add_argument("--stall-calls", default="1,40", help="calls at each step of the stalls part")
     args = parser.parse_args()
     only = set(args.only.split(","))
     ladder = [int(n) for n in args.ladder.split(",")]
@@ -447,6 +506,9 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
+    if "stalls" in only:
+        stall_calls = [int(n) for n in args.stall_calls.split(",")]
+        results["stalls"] = loop_stalls(stall_calls, 12.0 if args.quick else 20.0)
     if "bargein" in only:
         emulator = start_server("emulator", 18201)
         try:
