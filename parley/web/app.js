@@ -33,6 +33,8 @@ function showStats(stats) {
   // under a tenth of a millisecond (loopback) says so rather than "0 ms"
   $("rtt").textContent = stats.rttMs === 0 ? "< 0.1 ms" : ms(stats.rttMs);
   $("jitter-buffer").textContent = ms(stats.jitterBufferMs);
+  $("jitter-target").textContent = typeof stats.jitterBufferTargetMs === "number" ? `target ${stats.jitterBufferTargetMs} ms` : "";
+  $("playout").textContent = ms(stats.playoutMs);
   $("packets-lost").textContent = stats.packetsLost ?? "–";
   $("concealed").textContent = stats.concealedSamples === undefined
     ? "–" : `${stats.concealedSamples}${stats.concealedPct !== undefined ? ` (${stats.concealedPct} %)` : ""}`;

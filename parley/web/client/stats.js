@@ -134,12 +134,14 @@ export async function readStats(pc) {
   let pairId = null;
   let inbound = null;
   let remote = null;
+  let playout = null;
   const pairs = [];
   report.forEach((s) => {
     if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     if (s.type === "inbound-rtp" && (s.kind || s.mediaType) === "audio") inbound = s;
     if (s.type === "candidate-pair") pairs.push(s);
     if (s.type === "remote-inbound-rtp" && (s.kind || s.mediaType) === "audio") remote = s;
+    if (s.type === "media-playout" && (s.kind || "audio") === "audio") playout = s;
   });
   const pair = (pairId && report.get(pairId))
     || pairs.find((p) => p.selected)
@@ -158,6 +160,10 @@ export async function readStats(pc) {
   if (inbound) {
     if (inbound.jitterBufferEmittedCount) {
       stats.jitterBufferMs = Math.round((inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000);
+      // what the browser aimed for: above the delay it kept, it is still filling; below, draining
+      if (typeof inbound.jitterBufferTargetDelay === "number") {
+        stats.jitterBufferTargetMs = Math.round((inbound.jitterBufferTargetDelay / inbound.jitterBufferEmittedCount) * 1000);
+      }
     }
     stats.packetsLost = inbound.packetsLost ?? 0;
     stats.packetsReceived = inbound.packetsReceived ?? 0;
@@ -167,5 +173,8 @@ export async function readStats(pc) {
     }
     if (typeof inbound.jitter === "number") stats.jitterMs = Math.round(inbound.jitter * 1000);
   }
+  // The browser's own share after the jitter buffer: from the decoder to the speakers (Chromium's
+  // media-playout; Firefox reports none)
+  if (playout?.totalSamplesCount) stats.playoutMs = Math.round((playout.totalPlayoutDelay / playout.totalSamplesCount) * 1000);
   return stats;
 }
