@@ -472,7 +472,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--ladder", default="1,5,10,15,20,25,30,35,40,50,60,70,80")
-    parser.add_argument("--only", default="setup,profiles,capacity,ablation,loss,video,bargein,records,stalls")
+    parts = "setup,profiles,capacity,ablation,loss,video,bargein,records,stalls"
+    parser.add_argument("--only", default=parts)
     parser.add_argument("--stall-calls", default="1,40", help="calls at each step of the stalls part")
     args = parser.parse_args()
     only = set(args.only.split(","))
