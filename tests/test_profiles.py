@@ -392,3 +392,15 @@ async def test_a_call_record_names_its_agent_and_model(emulator: GeminiEmulator,
         assert status == 200 and page["calls"] == []
     finally:
         await running.stop()
+
+
+async def test_the_page_config_says_which_agent_and_refuses_an_unknown_one(served: Running) -> None:
+    async with aiohttp.ClientSession() as http:
+        asked = (("", 200, "support"), ("?agent=sales", 200, "sales"), ("?agent=x", 404, None))
+        for query, status, agent in asked:
+            async with http.get(f"{base(served)}/v1/config{query}") as response:
+                body = await response.json()
+                assert response.status == status, body
+                assert body.get("agent") == agent
+        async with http.get(f"{base(served)}/v1/config?agent=sales") as response:
+            assert (await response.json())["model"] == "gemini-2.5-flash-native-audio-preview-12-2025"

@@ -54,3 +54,15 @@ def admit_call(
         agent = claims.agent
     merged = {**variables, **(claims.variables if claims is not None and claims.variables else {})}
     return store.catalog.admit(agent, cross_origin(request), server_origins, merged)
+
+
+def agent_config(request: web.Request, agent: str | None) -> dict[str, object]:
+    """What GET /v1/config says of the agent a page names (None: the default one): its name, and its
+    model when the profile names one. AdmissionError 404 for an unknown agent."""
+    store, _ = request.app[PROFILES]
+    catalog = store.catalog
+    name = catalog.default_agent if agent is None else agent
+    if name not in catalog:
+        raise AdmissionError(404, f"no agent named {name!r}")
+    profile = catalog.get(name)
+    return {"agent": name, **({"model": profile.model} if profile.model else {})}

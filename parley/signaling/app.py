@@ -26,7 +26,7 @@ from parley.agent.sdp import OfferError
 from parley.agent.worker import CallNotFound, UnknownAgent, WorkerBusy
 from parley.profiles import AdmissionError, ProfileStore
 from parley.signaling.access import JOIN_CLAIMS
-from parley.signaling.agents import PROFILES, admit_call, cross_origin, origins_in_force
+from parley.signaling.agents import PROFILES, admit_call, agent_config, cross_origin, origins_in_force
 from parley.signaling.errors import bad_request, error
 from parley.signaling.records_api import RECORDS, CallRecords, add_record_routes, recorded_call
 
@@ -191,7 +191,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def page_config(request: web.Request) -> web.Response:
     # Made per request: TURN credentials are minted for each page, a fleet's facts change.
-    return web.json_response(request.app[PAGE_CONFIG](), headers={"Cache-Control": "no-store"})
+    config = request.app[PAGE_CONFIG]()
+    try:  # ?agent=NAME: the page learns at once whether its agent exists, and its model
+        config.update(agent_config(request, request.query.get("agent")))
+    except AdmissionError as exc:
+        return error(exc.status, exc.message)
+    return web.json_response(config, headers={"Cache-Control": "no-store"})
 
 
 CORS_HEADERS = {

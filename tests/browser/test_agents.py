@@ -84,6 +84,9 @@ async def test_the_page_calls_the_agent_it_names_and_shows_grounding_sources(
         assert (await sources.first.get_attribute("rel")) == "noopener noreferrer"
         call = next(iter(running.worker.calls.values()))
         assert call.summary()["agent"] == "sales"
+        # a page naming an agent the server does not have says so at once
+        wrong = await pages.open(f"http://127.0.0.1:{running.port}/?agent=nobody")
+        await expect(wrong.locator("#status")).to_contain_text("no agent named 'nobody'", timeout=10_000)
     finally:
         await running.stop()
 

@@ -78,9 +78,11 @@ export class Signaling {
     this.variables = variables;
   }
 
-  /** GET /v1/config: {iceServers, emulator, model}. */
+  /** GET /v1/config: {iceServers, emulator, model, agent} (the agent asked for: a 404 when unknown). */
   async config() {
-    const response = await this.fetch("/v1/config", { headers: { Accept: "application/json" } });
+    const agent = typeof this.agent === "function" ? this.agent() : this.agent;
+    const path = agent ? `/v1/config?agent=${encodeURIComponent(agent)}` : "/v1/config";
+    const response = await this.fetch(path, { headers: { Accept: "application/json" } });
     if (!response.ok) throw await refusal(response);
     return response.json();
   }
