@@ -108,8 +108,11 @@ async def call_and_read(url: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     assert all(e["text"] and e["at"].endswith("Z") for e in said)
     assert [e["kind"] for e in transcript["timeline"]][:3] == ["connected", "turn_start", "turn_end"]
 
-    status, page = await get(f"{url}/v1/calls?reason=hangup&limit=10")
+    assert record["agent"] == "default" and record["model"]
+    status, page = await get(f"{url}/v1/calls?reason=hangup&agent=default&limit=10")
     assert status == 200 and [c["id"] for c in page["calls"]] == [call_id]
+    status, page = await get(f"{url}/v1/calls?agent=sales")
+    assert status == 200 and page["calls"] == []
     status, page = await get(f"{url}/v1/calls?reason=no_media")
     assert status == 200 and page["calls"] == []
     status, _ = await get(f"{url}/v1/calls/{call_id}/recording")

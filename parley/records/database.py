@@ -6,6 +6,7 @@ aiosqlite and asyncpg, the drivers installed with Parley.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -101,8 +102,25 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
-async def upgrade(engine: AsyncEngine) -> str | None:
-    """Bring the schema to the newest revision; returns it."""
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
-        return await connection.run_sync(_current)
+MIGRATION_LOCK = 0x70617231  # PostgreSQL advisory lock key: one process of a fleet migrates at a time
+
+
+async def upgrade(engine: AsyncEngine, attempts: int = 3) -> str | None:
+    """Bring the schema to the newest revision; returns it.
+
+    Signaling and every worker of a fleet migrate at start: on PostgreSQL they take turns (an advisory
+    lock held for the transaction); on SQLite, one that lost the race to create the tables tries again
+    and finds them made."""
+    for attempt in range(attempts):
+        try:
+            async with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":
+                    lock = text("SELECT pg_advisory_xact_lock(:key)")
+                    await connection.execute(lock, {"key": MIGRATION_LOCK})
+                await connection.run_sync(_upgrade)
+                return await connection.run_sync(_current)
+        except (OperationalError, ProgrammingError):
+            if attempt + 1 == attempts:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+    return None

@@ -91,7 +91,13 @@ class CallRecorder(CallObserver):
     # --- the CallObserver door ------------------------------------------------------------------
 
     def call_started(self, call: CallView) -> None:
-        columns: dict[str, Any] = {"worker": self.worker, "model": self.model, "started_at": self._clock()}
+        head = call.summary()  # once per call: which agent profile and model it was made with
+        columns: dict[str, Any] = {
+            "worker": self.worker,
+            "agent": head.get("agent"),
+            "model": head.get("model") or self.model,
+            "started_at": self._clock(),
+        }
         recording = self._recording(call.id)
         if recording is not None:
             columns["recording"] = recording
@@ -213,8 +219,8 @@ class CallRecorder(CallObserver):
         }
         if summary.get("agent"):
             columns["agent"] = summary["agent"]
-        if summary.get("model"):  # the call's agent profile may name another model than the process's
-            columns["model"] = summary["model"]
+        if model:  # the call's agent profile may name another model than the process's
+            columns["model"] = model
         return columns
 
     def _finish(self, call_id: str, live: _Live, role: str, interrupted: bool = False) -> None:
