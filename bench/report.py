@@ -295,6 +295,21 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
             *bargein_table(results["bargein"]),
             "",
         ]
+    if results.get("browser"):
+        lines += [
+            "### Mouth-to-ear in Chromium (loopback backend)",
+            "",
+            "| setting | bursts | mouth-to-ear p50 / p95 ms | jitter buffer ms | its target ms "
+            "| concealed % |",
+            "|---|---:|---|---:|---:|---:|",
+            *(
+                f"| {r['setting']} | {r['bursts']} | {fmt(r['mouth_to_ear_ms']['p50'])} / "
+                f"{fmt(r['mouth_to_ear_ms']['p95'])} | {fmt(r['jitter_buffer_ms'])} | "
+                f"{fmt(r['jitter_target_ms'])} | {fmt(r['concealed_pct'], 2)} |"
+                for r in results["browser"]
+            ),
+            "",
+        ]
     if results.get("stalls"):
         lines += [
             "### Event-loop lag through call set-ups and turns",

@@ -472,7 +472,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--ladder", default="1,5,10,15,20,25,30,35,40,50,60,70,80")
-    parts = "setup,profiles,capacity,ablation,loss,video,bargein,records,stalls"
+    parts = "setup,profiles,capacity,ablation,loss,video,bargein,records,stalls,browser"
     parser.add_argument("--only", default=parts)
     parser.add_argument("--stall-calls", default="1,40", help="calls at each step of the stalls part")
     args = parser.parse_args()
@@ -506,6 +506,14 @@ def main() -> None:
             results["video"] = video_cost(servers["parley"], measured_load, log, [1, 10], window, rounds)
     finally:
         for server in servers.values():
+            server.stop()
+    if "browser" in only:
+        from bench import browser
+
+        server = start_server("loopback", 18241)
+        try:
+            results["browser"] = asyncio.run(browser.measure(server.url, 6.0 if args.quick else 12.0))
+        finally:
             server.stop()
     if "stalls" in only:
         stall_calls = [int(n) for n in args.stall_calls.split(",")]
