@@ -60,7 +60,8 @@ async def serve_with_env(emulator: GeminiEmulator) -> AsyncIterator[Any]:
         )
         served = Served(process, f"http://127.0.0.1:{port}")
         started.append(served)
-        for _ in range(200):
+        deadline = asyncio.get_running_loop().time() + 60  # a busy machine starts Python slowly
+        while asyncio.get_running_loop().time() < deadline and process.returncode is None:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.close()

@@ -40,11 +40,14 @@ async def test_track_emits_paced_20ms_mono_frames_and_silence_when_idle() -> Non
     started = time.monotonic()
     frames = [await track.recv() for _ in range(25)]
     elapsed = time.monotonic() - started
-    assert 0.4 < elapsed < 0.8  # 25 frames are 0.5 s of audio, not a burst
+    assert 0.4 < elapsed < 2.0  # 25 frames are 0.5 s of audio, not a burst (nor a stall)
     for i, frame in enumerate(frames):
         assert frame.samples == FRAME_SAMPLES and frame.sample_rate == 48000
         assert frame.format.name == "s16" and frame.layout.name == "mono"
-        assert frame.pts == i * FRAME_SAMPLES
+        if i < 5:  # the audio is contiguous; silence after it may skip ahead if the loop stalled
+            assert frame.pts == i * FRAME_SAMPLES
+        else:
+            assert frame.pts >= frames[i - 1].pts + FRAME_SAMPLES
     loud = [np.abs(f.to_ndarray()).max() > 1000 for f in frames]
     assert loud[:5] == [True] * 5 and not any(loud[5:])
     assert track.silent_frames == 20

@@ -263,10 +263,12 @@ async def fleet(redis_server: RedisServer, emulator: GeminiEmulator, tmp_path: P
         await fleet.close()
 
 
-async def frames_keep_coming(caller: Caller, seconds: float = 1.0) -> bool:
+async def frames_keep_coming(caller: Caller, seconds: float = 2.0) -> bool:
+    # A live call sends 50 frames a second; a busy worker skips the silence a stall missed, so judge
+    # only that frames keep coming, not their exact count.
     before = len(caller.heard.chunks)
     await asyncio.sleep(seconds)
-    return len(caller.heard.chunks) - before > seconds * 50 * 0.5
+    return len(caller.heard.chunks) - before > seconds * 50 * 0.25
 
 
 async def is_answered(caller: Caller) -> None:
@@ -309,7 +311,7 @@ async def test_calls_spread_over_two_workers_least_loaded_first(fleet: Fleet) ->
     await wait_until(lambda: fleet.host.workers["w1"].active == 2, 10, "w1's load to drop")
     for _ in range(3):
         caller = await fleet.call()
-        assert (await fleet.state(caller))["worker"] == "w1"
+        assert (await fleet.state(caller))["worker"] == "w1", fleet.host.workers
 
     # A caller whose connection failed rejoins on a new one: the offer reaches the worker holding the call.
     lost = callers[-1]
