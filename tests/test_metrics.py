@@ -15,6 +15,7 @@ from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.audio import best_alignment
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 
 SPEECH = load_wav("tests/data/speech.wav")
 SPEECH_S = SPEECH.size / RATE
@@ -117,7 +118,14 @@ async def test_loopback_backend_echoes_the_callers_audio_at_once() -> None:
         await caller.connect()
         try:
             caller.say(SPEECH)
-            await asyncio.sleep(SPEECH_S + 0.5)
+            loop = asyncio.get_running_loop()
+
+            def echoed_to_the_end() -> bool:
+                last = caller.heard.last_loud() or 0
+                said = caller.mic.speech_ends
+                return bool(said) and last > said[0] - 0.5 and loop.time() - last > 0.3
+
+            await wait_until(echoed_to_the_end, SPEECH_S + 20, "the echo, heard to its end")
         finally:
             await caller.hang_up()
         metrics = parse_histograms((await scrape(url))[0])
