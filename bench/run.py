@@ -186,7 +186,7 @@ def loadgen(server: Server, args: list[str]) -> tuple[dict[str, Any], dict[str, 
         m0, m1 = window["m0"], window["m1"]
         video = {k: v - m0.get(k, 0.0) for k, v in m1.items() if k.startswith("parley_video_")}
         if video:
-            numbers["video"] = video
+            numbers["video_metrics"] = video
         video_frames = m1.get("parley_video_frames_total", 0.0) - m0.get("parley_video_frames_total", 0.0)
         numbers["video_frames_per_call_s"] = round(video_frames / (calls * seconds), 3)
         for outcome in ("concealed", "recovered", "decoded"):

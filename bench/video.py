@@ -136,7 +136,7 @@ def video_cost(
             for video in (False, True):
                 args = ["--calls", str(calls), "--seconds", str(seconds), "--warmup", str(3 + calls / 10)]
                 result, numbers = measure(server, [*args, "--video"] if video else args)
-                rows.append({"calls": calls, "video": video, "round": round_, **numbers, "load": result})
+                rows.append({**numbers, "calls": calls, "video": video, "round": round_, "load": result})
                 up, down = numbers.get("uplink", {}), numbers.get("downlink", {})
                 log(
                     f"video={video!s:5s} N={calls:2d} cpu={numbers.get('cpu_ms_per_call_s')} ms/call-s"
