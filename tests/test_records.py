@@ -264,3 +264,24 @@ async def test_the_database_stopped_mid_call_delays_and_fails_nothing_and_loses_
         "agent",
     }
     assert writer.dropped == 0
+
+
+async def test_retention_deletes_old_recordings_with_their_records(tmp_path: Path) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    url = f"sqlite:///{tmp_path}/r.db"
+    records = Records(RecordsOptions(database_url=url, recordings_dir=str(folder), retention_days=30))
+    await records.start()
+    try:
+        now = time.time()
+        for name, started in (("old", now - 40 * 86400), ("new", now - 86400)):
+            records.writer.submit(CallUpdate(name, {"started_at": started, "recording": f"{name}.ogg"}))
+            (folder / f"{name}.ogg").write_bytes(b"OggS")
+        assert await records.writer.flush(10)
+        await records.sweep(now)
+        assert await records.writer.flush(10)
+        assert sorted(p.name for p in folder.iterdir()) == ["new.ogg"]
+        assert await records.describe("old") is None and await records.describe("new") is not None
+        assert await records.recording("new") == folder / "new.ogg"
+    finally:
+        await records.stop()
