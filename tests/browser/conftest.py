@@ -10,10 +10,12 @@ PulseAudio virtual source playing the same speech (tests/browser/firefox.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import os
 import re
+import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from parley.emulator.server import GeminiEmulator
 from parley.server import Running, start
 from tests.browser.firefox import Firefox, PulseMic, firefox_missing
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 
 CHROMIUM = os.environ.get("PARLEY_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,3 +293,13 @@ async def firefox(firefox_session: Firefox) -> AsyncIterator[Firefox]:
     finally:
         with contextlib.suppress(Exception):
             await firefox_session.open("about:blank")
+
+
+async def assert_server_hears_nothing(call: Any, seconds: float) -> None:
+    """The call's voice detector on the server hears the caller stop within 2 s and stay silent for
+    `seconds` more (sampled every 50 ms): what muting must do while the user goes on speaking."""
+    await wait_until(lambda: not call.vad.speaking, 2, "the server to stop hearing the muted user")
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert not call.vad.speaking, "the server heard a muted microphone"
+        await asyncio.sleep(0.05)

@@ -10,7 +10,14 @@ from playwright.async_api import Page, expect
 from parley.caller import Caller
 from parley.emulator.server import GeminiEmulator
 from parley.server import Running
-from tests.browser.conftest import SCREENSHOTS, Pages, client_state, cut_network, start_server
+from tests.browser.conftest import (
+    SCREENSHOTS,
+    Pages,
+    assert_server_hears_nothing,
+    client_state,
+    cut_network,
+    start_server,
+)
 from tests.waiting import wait_until
 
 
@@ -74,6 +81,15 @@ async def test_page_call_hears_the_agent_shows_captions_and_latency_and_hangs_up
     await page.screenshot(path=str(SCREENSHOTS / "page.png"), full_page=True)
 
     assert list(server.worker.calls) == [state["callId"]]
+    # Mute while the user speaks: the server stops hearing them at once, though the sentence goes on.
+    call = server.worker.calls[state["callId"]]
+    await wait_until(lambda: call.vad.speaking, 20, "the next sentence to reach the server")
+    await page.get_by_role("button", name="Mute").click()
+    await expect(page.get_by_role("button", name="Mute")).to_have_attribute("aria-pressed", "true")
+    await assert_server_hears_nothing(call, 2.0)  # of what would still be the sentence (4.9 s long)
+    await page.get_by_role("button", name="Mute").click()
+    await expect(page.get_by_role("button", name="Mute")).to_have_attribute("aria-pressed", "false")
+
     await page.get_by_role("button", name="Hang up").click()
     await wait_until(lambda: not server.worker.calls, 10, "the call to end on the server")
     assert server.worker.calls_ended == {"hangup": 1}
