@@ -11,7 +11,7 @@
 //   source   camera | screen | null
 //   state    off | starting | on
 //   reason   (when off) camera-denied | no-camera | camera-busy | share-denied | share-stopped |
-//            camera-stopped | unsupported | null (turned off, or never on)
+//            camera-stopped | unsupported | no-video | null (turned off, or never on)
 //   agent    the server's last `video` data-channel state: active | paused | muted | ended | null
 
 export const VIDEO_MODES = ["none", "camera", "screen", "both"];
@@ -100,6 +100,7 @@ export class Video {
     this.sender = null;
     this.agent = null;
     this.limits = null;
+    this._starting = false; // a set() is waiting for the browser (a permission prompt, a picker)
     this._wanted = 0; // bumps on every set(): a slow permission prompt must not undo a later choice
   }
 
@@ -132,6 +133,7 @@ export class Video {
       this._report({ source: null, state: "off", reason: "no-video" });
       return;
     }
+    this._starting = true;
     this._report({ source, state: "starting" });
     let stream;
     try {
@@ -157,6 +159,7 @@ export class Video {
     old?.getTracks().forEach((t) => t.stop());
     if (this.selfView) this.selfView.srcObject = stream;
     await this._tune();
+    this._starting = false;
     this._report({ source, state: "on" });
   }
 
@@ -171,11 +174,12 @@ export class Video {
     this._wanted += 1;
     this.sender = null;
     this.agent = null;
-    if (this.source) this._stop(null);
+    if (this.source || this._starting) this._stop(null);
   }
 
   _stop(reason) {
-    const wasOn = this.source !== null;
+    const wasOn = this.source !== null || this._starting;
+    this._starting = false;
     this.stream?.getTracks().forEach((t) => t.stop()); // the camera light goes off
     this.stream = null;
     this.source = null;
