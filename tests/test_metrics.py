@@ -133,7 +133,9 @@ async def test_loopback_backend_echoes_the_callers_audio_at_once() -> None:
         await running.stop()
     heard = caller.heard.samples()
     lag, match = best_alignment(SPEECH, heard)
-    assert match > 0.7, f"the echo does not match what was said (correlation {match:.2f})"
+    # An echo is played live: lateness on a busy machine becomes short silences inside it, so the
+    # match is judged looser than for a model's buffered answer (no echo at all correlates near 0).
+    assert match > 0.5, f"the echo does not match what was said (correlation {match:.2f})"
     # the echo starts within a few frames of the speech: no turn-taking, no model in the way
     echo_start = caller.heard.arrivals[lag // 960] + (lag % 960) / RATE
     assert 0 < echo_start - caller.mic.speech_starts[0] < 0.15

@@ -151,18 +151,23 @@ class Call:
         check_offer(offer_sdp)
         if self._closing is not None:
             raise OfferError(404, "that call has ended")
-        old = self.pc, self.uplink, self.track, self.channel
+        old = self.pc, self.uplink, self.track, self.channel, self.connected_since
         self.pc = RTCPeerConnection(rtc_configuration(self.options.ice_servers))
         # A new stream: new SSRC and sequence numbers, and a new sender for the same playout buffer.
         self.uplink = OpusUplink(self._on_caller_pcm, flood_guard=True)
         self.track = self._new_track()
         self.channel = None
+        # The new uplink has no packet yet: the no-media clock restarts now, not after negotiating, or a
+        # slow negotiation on a busy worker would end the call it is rejoining.
+        self.connected_since = time.monotonic()
         try:
             answer = await self._negotiate(self.pc, offer_sdp)
+            if self._closing is not None:  # ended while negotiating (hung up, its time was up)
+                raise OfferError(404, "that call has ended")
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.pc.close()
-            self.pc, self.uplink, self.track, self.channel = old
+            self.pc, self.uplink, self.track, self.channel, self.connected_since = old
             raise
         self.rejoins += 1
         self.reconnecting_since = None
