@@ -117,7 +117,7 @@ async def test_fewer_frames_while_nobody_speaks(link: Link) -> None:
         start, count = time.monotonic(), len(link.seen)
         while time.monotonic() - start < seconds:
             if speaking:
-                link.path.activity(True)  # the call does this for every 20 ms of speech
+                link.path.activity()  # the call does this for every 20 ms of speech
             await asyncio.sleep(0.02)
         return (len(link.seen) - count) / (time.monotonic() - start)
 

@@ -213,13 +213,9 @@ class Call:
         if self._tap is not None:
             self._tap.caller(pcm)
         self.vad.agent_speaking = self._turn_started or self.playout_buffer.queued > 0
-        if self.video is not None and (self.vad.speaking or self.vad.agent_speaking):
-            self.video.activity(True)  # someone speaks: video at the full rate
         for event in self.vad.feed(pcm):
             if event is Speech.STARTED:
                 self.emit("user_speech_start")
-                if self.video is not None:
-                    self.video.activity(True)
                 if self.options.local_bargein and self.vad.agent_speaking:
                     self._barge_in("local")
                 if not self._streaming:
@@ -231,6 +227,8 @@ class Call:
                 self.user_speech_ended_at = arrived_at
                 self._silent_since = arrived_at
                 self.emit("user_speech_end")
+        if self.video is not None and (self.vad.speaking or self.vad.agent_speaking):
+            self.video.activity()  # someone speaks: video at the full rate
         if self._streaming:
             self.session.send_audio(pcm, arrived_at)
             if (

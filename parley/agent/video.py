@@ -263,12 +263,12 @@ class VideoPath:
         setattr(receiver, attribute, self._tap)
         self._tasks.append(asyncio.create_task(self._watch_end(transceiver, self._tap)))
 
-    def activity(self, speaking: bool) -> None:
+    def activity(self) -> None:
         """Someone (the user or the agent) speaks: sample at the full rate, starting now."""
         now = time.monotonic()
         was_idle = now - self._speech_at > self.options.idle_after_s
         self._speech_at = now
-        if speaking and was_idle:
+        if was_idle:
             self._wake.set()
 
     async def close(self) -> None:
