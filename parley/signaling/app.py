@@ -28,7 +28,13 @@ from parley.profiles import AdmissionError, ProfileStore
 from parley.signaling.access import JOIN_CLAIMS
 from parley.signaling.agents import PROFILES, admit_call, agent_config, cross_origin, origins_in_force
 from parley.signaling.errors import bad_request, error
-from parley.signaling.records_api import RECORDS, CallRecords, add_record_routes, recorded_call
+from parley.signaling.records_api import (
+    RECORDS,
+    CallRecords,
+    add_record_routes,
+    add_records_off_routes,
+    recorded_call,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +288,8 @@ def create_app(
     app.router.add_delete("/v1/calls/{call_id}", delete_call)
     if records is not None:
         add_record_routes(app, records, admin_token)
+    else:
+        add_records_off_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/config", page_config)
     if web_root is not None and web_root.is_dir():

@@ -155,6 +155,16 @@ async def call_recording(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Type": "audio/ogg", "Cache-Control": "no-store"})
 
 
+async def records_off(request: web.Request) -> web.Response:
+    return error(404, "call records are off on this server (PARLEY_DATABASE_URL=none)")
+
+
+def add_records_off_routes(app: web.Application) -> None:
+    """The read paths answer a JSON error saying why, not a bare 404, when records are off."""
+    for path in ("/v1/calls", "/v1/calls/{call_id}/transcript", "/v1/calls/{call_id}/recording"):
+        app.router.add_get(path, records_off)
+
+
 def add_record_routes(app: web.Application, records: CallRecords, admin_token: str | None) -> None:
     app[RECORDS] = records
     app[ADMIN_TOKEN] = admin_token or ""
