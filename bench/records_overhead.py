@@ -37,6 +37,8 @@ class FakeCall:
     def __init__(self, n: int) -> None:
         self.id = f"call{n:06d}"
         self.end_reason = "hangup"
+        self.caller = {"origin": "https://shop.example"}
+        self.options = self  # what the call was made with: here, only its caller
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -175,10 +175,12 @@ class Caller:
         camera: ColourCamera | None = None,
         agent: str | None = None,
         variables: dict[str, str] | None = None,
+        origin: str | None = None,
     ) -> None:
         """`encoder` replaces the Opus encoder (tests send garbage or floods with one); `camera`
         adds a video track (a synthetic camera) beside the microphone; `agent` and `variables` choose
-        and fill in the agent (the offer then goes as JSON, like the page's)."""
+        and fill in the agent (the offer then goes as JSON, like the page's); `origin` is sent as a
+        page on that origin would send it."""
         self.server_url = server_url.rstrip("/") + "/"
         self._token = token
         configuration = rtc_configuration(ice_servers or [])
@@ -203,6 +205,7 @@ class Caller:
         self.camera = camera
         self.agent = agent
         self.variables = variables
+        self.origin = origin
 
     async def connect(self, timeout_s: float = 10.0, resume: str | None = None) -> None:
         """Call the server; with `resume`, rejoin that call on this new connection."""
@@ -235,6 +238,7 @@ class Caller:
             headers={
                 "Content-Type": "application/json" if as_json else "application/sdp",
                 **({"Authorization": f"Bearer {self._token}"} if self._token else {}),
+                **({"Origin": self.origin} if self.origin else {}),
             },
         ) as response:
             body = await response.text()

@@ -234,6 +234,7 @@ def create_fleet_app(
         records=records,
         admin_token=settings.admin_token,
         profiles=profiles,
+        record_client_address=settings.record_client_address,
     )
 
     async def readyz(request: web.Request) -> web.Response:

@@ -175,7 +175,6 @@ def records_options(settings: Settings) -> RecordsOptions | None:
     return RecordsOptions(
         database_url=settings.database_url,
         retention_days=settings.retention_days,
-        record_client_address=settings.record_client_address,
         queue_size=settings.records_queue,
         recordings_dir=settings.recordings_dir if settings.record_audio else None,
         prices=settings.prices,
@@ -374,6 +373,7 @@ async def start(
         records=agent.records,
         admin_token=settings.admin_token,
         profiles=agent.profiles,
+        record_client_address=settings.record_client_address,
     )
     if settings.join_secret is None:
         logger.warning(

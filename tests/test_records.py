@@ -35,9 +35,9 @@ async def get(url: str, token: str | None = None) -> tuple[int, Any]:
         return response.status, body
 
 
-async def talk(url: str) -> str:
+async def talk(url: str, **caller_args: Any) -> str:
     """One call: a sentence, the agent's answer, hang up. Returns the call's id."""
-    caller = Caller(url)
+    caller = Caller(url, **caller_args)
     await caller.connect()
     try:
         caller.say(SPEECH)

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +19,11 @@ from parley.emulator.server import GeminiEmulator
 from parley.records.webhooks import WebhookSender, sign, verify_signature
 from parley.server import start
 from tests.conftest import make_settings
-from tests.test_records import talk
+from tests.test_records import recorded, talk
 from tests.waiting import wait_until
 
 SECRET = "webhook-secret-for-tests"
+SHOP = "https://shop.example"
 
 
 def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> bool:
@@ -69,16 +71,25 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("keep_address", [True, False], ids=["addresses-kept", "addresses-not-kept"])
 async def test_call_started_and_ended_reach_the_receiver_signed_and_retried(
-    emulator: GeminiEmulator, receiver: Receiver
+    emulator: GeminiEmulator, receiver: Receiver, keep_address: bool, tmp_path: Path
 ) -> None:
-    settings = make_settings(webhook_url=receiver.url, webhook_secret=SECRET)
+    settings = make_settings(
+        webhook_url=receiver.url,
+        webhook_secret=SECRET,
+        database_url=f"sqlite:///{tmp_path}/r.db",
+        allowed_origins=[SHOP],
+        record_client_address=keep_address,
+    )
     running = await start(settings, emulator=emulator)
     assert running.webhooks is not None
     running.webhooks.retry_initial_s = 0.1
+    url = f"http://127.0.0.1:{running.port}"
     try:
-        await talk(f"http://127.0.0.1:{running.port}")
+        call_id = await talk(url, origin=SHOP)  # as the shop's page embedding the widget would
         await wait_until(lambda: len(receiver.events) >= 2, 20, "both webhooks")
+        stored = await recorded(url, call_id)
     finally:
         await running.stop()
     started, ended = receiver.events
@@ -89,6 +100,10 @@ async def test_call_started_and_ended_reach_the_receiver_signed_and_retried(
     assert record["state"] == "ended" and record["end_reason"] == "hangup" and record["turns"] >= 1
     assert record["started_at"] and record["ended_at"] and record["tokens"]["input"]["AUDIO"] > 0
     assert record["cost_usd"] > 0 and record["summary"]["gemini"]["connections"] == 1
+    # Where the call came from: the page's origin always, the client's address only when asked to keep it.
+    address = "127.0.0.1" if keep_address else None
+    for call in (started["call"], record, stored):
+        assert (call["origin"], call["client_address"]) == (SHOP, address), call
 
 
 def test_a_signature_is_refused_when_altered_or_old() -> None:

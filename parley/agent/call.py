@@ -56,6 +56,7 @@ class CallOptions:
     # Which agent profile the call was made from, and its model (what GET /v1/calls/{id} and records say).
     agent: str = "default"
     model: str | None = None
+    caller: dict[str, str] = field(default_factory=dict)  # for records: "origin", "client_address"
     # Who hears what the call does: the process's metrics, records, traces (parley/agent/observer.py).
     observer: CallObserver = field(default_factory=CallObserver)
     # A recording of the call's audio (PARLEY_RECORD_AUDIO), made for each call from its id.
@@ -417,8 +418,7 @@ class Call:
         self._on_ended(self)
 
     def summary(self) -> dict[str, Any]:
-        head = {"call": self.id, "state": self.state, "end_reason": self.end_reason}
-        head["agent"] = self.options.agent
+        head = dict(call=self.id, state=self.state, end_reason=self.end_reason, agent=self.options.agent)
         if self.options.model is not None:
             head["model"] = self.options.model
         latencies = {

@@ -12,7 +12,7 @@ real work).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -27,8 +27,19 @@ class Measure(StrEnum):
     FIRST_AUDIO = "first_audio"  # the offer taken -> the first outgoing audio frame
 
 
+class CallFacts(Protocol):
+    """What a call was made with, as an observer may read it."""
+
+    @property
+    def caller(self) -> Mapping[str, str]:
+        """What the front door knew of the caller: "origin", "client_address" (only when kept)."""
+
+
 class CallView(Protocol):
     """What an observer may read of a call."""
+
+    @property
+    def options(self) -> CallFacts: ...
 
     @property
     def id(self) -> str: ...

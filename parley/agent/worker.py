@@ -25,6 +25,10 @@ from parley.agent.session import SessionFactory
 logger = logging.getLogger(__name__)
 
 
+# What a call's record keeps of its caller, and how long each may be (the records' column widths).
+CALLER_FACTS = {"origin": 512, "client_address": 64}
+
+
 class CallNotFound(KeyError):
     pass
 
@@ -91,16 +95,20 @@ class Worker:
         max_seconds: float | None = None,
         agent: str | None = None,
         variables: Mapping[str, str] | None = None,
+        caller: Mapping[str, str] | None = None,
     ) -> tuple[str, str]:
         """Answer an offer for `agent` (None: the default one): (call id, SDP answer). Raises OfferError
-        for an offer it cannot take, UnknownAgent, WorkerBusy when it is full or draining."""
+        for an offer it cannot take, UnknownAgent, WorkerBusy when it is full or draining. `caller`: what
+        the front door knew of the caller ("origin", "client_address"), for the call's record."""
         if not self.accepting:
             raise WorkerBusy("this worker is shutting down")
         if self.max_calls and len(self.calls) >= self.max_calls:
             raise WorkerBusy(f"all {self.max_calls} call slots are in use")
         call_id = uuid.uuid4().hex
         plan = self._plan(call_id, agent, variables or {})
-        options = dataclasses.replace(self.call_options, agent=plan.agent, model=plan.model)
+        given = caller or {}
+        facts = {key: str(given[key])[:limit] for key, limit in CALLER_FACTS.items() if given.get(key)}
+        options = dataclasses.replace(self.call_options, agent=plan.agent, model=plan.model, caller=facts)
         if self.ice_server_source is not None:
             options = dataclasses.replace(options, ice_servers=self.ice_server_source())
         if plan.max_duration_s is not None:  # the agent's own limit replaces the process's

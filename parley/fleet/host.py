@@ -232,6 +232,7 @@ class RedisCallHost:
         max_seconds: float | None = None,
         agent: str | None = None,
         variables: Mapping[str, str] | None = None,
+        caller: Mapping[str, str] | None = None,
     ) -> tuple[str, str]:
         candidates = self.candidates(agent)
         if not candidates:
@@ -259,6 +260,7 @@ class RedisCallHost:
                     "max_seconds": max_seconds,
                     "agent": agent,
                     "variables": dict(variables or {}),
+                    "caller": dict(caller or {}),
                 }
                 reply = await self._request(view.id, message, timeout_s)
             except REDIS_ERRORS as exc:

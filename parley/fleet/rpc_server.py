@@ -292,11 +292,15 @@ class FleetWorker:
                 variables = request.get("variables")
                 if not isinstance(variables, dict):
                     variables = {}
+                caller = request.get("caller")
+                if not isinstance(caller, dict):
+                    caller = {}
                 call_id, answer = await self.worker.create_call(
                     str(request.get("sdp", "")),
                     max_seconds=float(limit) if isinstance(limit, int | float) else None,
                     agent=agent,
                     variables={str(k): str(v) for k, v in variables.items()},
+                    caller={str(k): str(v) for k, v in caller.items()},
                 )
                 if deadline and time.time() > deadline + EXPIRED_GRACE_S:
                     # Nobody waits for this answer any more: do not leave a call no one will join.

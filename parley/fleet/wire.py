@@ -10,7 +10,7 @@ Redis keys (`{p}` is PARLEY_REDIS_PREFIX, default `parley`):
     {p}:call:{call id}         the id of the worker holding the call; refreshed by that worker each heartbeat
 
 Requests: {"id", "op": "create" | "resume" | "end" | "describe", "reply", "deadline" (Unix time),
-"sdp", "call", "max_seconds", "agent", "variables"}.
+"sdp", "call", "max_seconds", "agent", "variables", "caller" ({"origin", "client_address"}, for records)}.
 Replies:  {"ok": true, ...} or {"ok": false, "error": "busy" | "offer" | "not_found" | "unknown_agent" |
 "expired" | "internal", "message", "status"?, "retry_after"?}; every reply carries the worker's "load".
 A worker's hash says which agents it serves ("agents": comma-separated; empty: any).

@@ -92,10 +92,13 @@ class CallRecorder(CallObserver):
 
     def call_started(self, call: CallView) -> None:
         head = call.summary()  # once per call: which agent profile and model it was made with
+        caller = call.options.caller  # the page's origin; the client's address only when it is kept
         columns: dict[str, Any] = {
             "worker": self.worker,
             "agent": head.get("agent"),
             "model": head.get("model") or self.model,
+            "origin": caller.get("origin"),
+            "client_address": caller.get("client_address"),
             "started_at": self._clock(),
         }
         recording = self._recording(call.id)

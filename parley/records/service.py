@@ -14,7 +14,7 @@ from parley.records.cost import DEFAULT_PRICES, Prices
 from parley.records.database import make_engine, safe_url, upgrade
 from parley.records.recorder import Announce, CallRecorder
 from parley.records.shape import iso, present
-from parley.records.store import CallQuery, CallStore, CallUpdate, DeleteBefore
+from parley.records.store import CallQuery, CallStore, DeleteBefore
 from parley.records.writer import RecordWriter
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ TRANSCRIPT_KINDS = frozenset({"utterance", "tool_call", "tool_result", "groundin
 class RecordsOptions:
     database_url: str
     retention_days: float = 0.0  # 0: kept until deleted by hand
-    record_client_address: bool = False
     queue_size: int = 10000
     recordings_dir: str | None = None  # where recordings are (None: recordings are off)
     prices: Prices = field(default_factory=lambda: DEFAULT_PRICES)
@@ -65,15 +64,6 @@ class Records:
         return CallRecorder(
             self.writer.submit, worker, model, self.options.prices, recording, announce=announce
         )
-
-    # --- from the signaling side ----------------------------------------------------------------
-
-    def note_call(self, call_id: str, origin: str | None, client_address: str | None) -> None:
-        """What only the HTTP front door knows of a new call: the page's origin and the client's address."""
-        columns: dict[str, Any] = {"origin": (origin or None) and origin[:512]}
-        if self.options.record_client_address:
-            columns["client_address"] = client_address
-        self.writer.submit(CallUpdate(call_id, columns))
 
     # --- retention ------------------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from parley.signaling.access import JOIN_CLAIMS
 from parley.signaling.agents import PROFILES, admit_call, agent_config, cross_origin, origins_in_force
 from parley.signaling.errors import bad_request, error
 from parley.signaling.records_api import (
-    RECORDS,
     CallRecords,
     add_record_routes,
     add_records_off_routes,
@@ -50,6 +49,7 @@ class CallHost(Protocol):
         max_seconds: float | None = None,
         agent: str | None = None,
         variables: Mapping[str, str] | None = None,
+        caller: Mapping[str, str] | None = None,
     ) -> tuple[str, str]: ...
     async def resume_call(self, call_id: str, offer_sdp: str) -> str: ...
     async def end_call(self, call_id: str, reason: str = "hangup") -> None: ...
@@ -64,6 +64,7 @@ class WorkerTimeout(Exception):
 PageConfig = Callable[[], dict[str, Any]]
 CALL_HOST = web.AppKey("call_host", CallHost)
 PAGE_CONFIG: web.AppKey[PageConfig] = web.AppKey("page_config")
+KEEP_CLIENT_ADDRESS = web.AppKey("keep_client_address", bool)  # PARLEY_RECORD_CLIENT_ADDRESS
 
 
 @dataclass
@@ -138,7 +139,11 @@ async def create_call(request: web.Request) -> web.Response:
             admitted = admit_call(request, offer.agent, offer.variables, claims)
             agent = admitted.agent
             call_id, answer = await request.app[CALL_HOST].create_call(
-                offer.sdp, max_seconds=max_seconds, agent=agent, variables=admitted.variables
+                offer.sdp,
+                max_seconds=max_seconds,
+                agent=agent,
+                variables=admitted.variables,
+                caller=caller_facts(request),
             )
     except AdmissionError as exc:
         return error(exc.status, exc.message)
@@ -150,9 +155,6 @@ async def create_call(request: web.Request) -> web.Response:
         return error(exc.status, exc.message)
     except WorkerBusy as exc:
         return error(503, f"busy: {exc.message}", **{"Retry-After": str(exc.retry_after_s)})
-    records = request.app.get(RECORDS)
-    if records is not None and offer.resume is None:
-        records.note_call(call_id, request.headers.get("Origin"), request.remote)
     location = f"/v1/calls/{call_id}"
     if offer.as_json:
         reply = {"id": call_id, "sdp": answer, "type": "answer", **({"agent": agent} if agent else {})}
@@ -160,6 +162,15 @@ async def create_call(request: web.Request) -> web.Response:
     return web.Response(
         status=201, body=answer.encode(), content_type="application/sdp", headers={"Location": location}
     )
+
+
+def caller_facts(request: web.Request) -> dict[str, str]:
+    """What the call's record and webhooks keep of its caller: the page's origin (none from a
+    non-browser client), and the client's address only with PARLEY_RECORD_CLIENT_ADDRESS=true."""
+    facts = {"origin": request.headers.get("Origin") or ""}
+    if request.app[KEEP_CLIENT_ADDRESS]:
+        facts["client_address"] = request.remote or ""
+    return {key: value for key, value in facts.items() if value}
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -272,8 +283,10 @@ def create_app(
     records: CallRecords | None = None,
     admin_token: str | None = None,
     profiles: ProfileStore | None = None,
+    record_client_address: bool = False,
 ) -> web.Application:
-    """`profiles`: the agents calls may choose from; None, the one agent `default`."""
+    """`profiles`: the agents calls may choose from; None, the one agent `default`.
+    `record_client_address`: the calls' records and webhooks keep the client's address."""
     store = profiles or ProfileStore.open(None)
     # aiohttp's own body limit answers 413 for any route that reads a body.
     middlewares = [origin_guard(origins_in_force(allowed_origins or [], store))]
@@ -283,6 +296,7 @@ def create_app(
     app[CALL_HOST] = host
     app[PROFILES] = (store, list(allowed_origins or []))
     app[PAGE_CONFIG] = page_config_source
+    app[KEEP_CLIENT_ADDRESS] = record_client_address
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", get_call)
     app.router.add_delete("/v1/calls/{call_id}", delete_call)
