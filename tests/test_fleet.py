@@ -124,6 +124,7 @@ class Fleet:
         return self.signaling.host
 
     async def start_signaling(self, **overrides: Any) -> None:
+        self.http = self.http or aiohttp.ClientSession()
         settings = Settings(
             host="127.0.0.1",
             port=0,
@@ -134,9 +135,20 @@ class Fleet:
             **overrides,
         )
         self.signaling = await start_signaling(settings)
-        self.http = aiohttp.ClientSession()
 
-    async def start_workers(
+    async def start_workers(self, *ids: str, **options: Any) -> None:
+        """Worker processes (spawn_workers' options), once each has registered and takes calls."""
+        await self.spawn_workers(*ids, **options)
+        await self.registered(*ids)
+
+    async def registered(self, *ids: str) -> None:
+        await wait_until(
+            lambda: all(w in self.host.workers and self.host.workers[w].takes_calls() for w in ids),
+            40,
+            f"workers {ids} to register",
+        )
+
+    async def spawn_workers(
         self,
         *ids: str,
         max_calls: int = 8,
@@ -183,11 +195,6 @@ class Fleet:
                 stderr=subprocess.STDOUT,
             )
             log.close()
-        await wait_until(
-            lambda: all(w in self.host.workers and self.host.workers[w].takes_calls() for w in ids),
-            40,
-            f"workers {ids} to register",
-        )
 
     def log(self, worker_id: str) -> str:
         return (self.workdir / f"worker-{worker_id}.log").read_text(errors="replace")

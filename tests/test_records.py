@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from parley.agent.metrics import parse_histograms
 from parley.caller import RATE, Caller, load_wav
 from parley.emulator.server import GeminiEmulator
-from parley.records.database import DatabaseUrlError, async_url
+from parley.records.database import (
+    MIGRATION_LOCK,
+    DatabaseUrlError,
+    async_url,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from parley.records.service import Records, RecordsOptions
 from parley.records.store import CallUpdate
 from parley.records.writer import RecordWriter
@@ -286,3 +294,19 @@ async def test_retention_deletes_old_recordings_with_their_records(tmp_path: Pat
         assert await records.recording("new") == folder / "new.ogg"
     finally:
         await records.stop()
+
+
+async def test_a_process_waits_out_another_ones_long_migration(postgres: Postgres) -> None:
+    """Waiting for the migrations' turn is not cut short by the driver's command timeout (1.5 s here)."""
+    holder = await asyncpg.connect(postgres.url)
+    engine = make_engine(postgres.url, connect_timeout_s=0.5)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)  # another process migrating
+        waiting = asyncio.create_task(upgrade(engine))
+        await asyncio.sleep(3)  # twice the command timeout: the wait must outlast it
+        assert not waiting.done()
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        assert await asyncio.wait_for(waiting, 30) == head_revision()
+    finally:
+        await engine.dispose()
+        await holder.close()

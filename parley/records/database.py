@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 ASYNC_DRIVERS = {
@@ -103,20 +103,35 @@ def head_revision() -> str | None:
 
 
 MIGRATION_LOCK = 0x70617231  # PostgreSQL advisory lock key: one process of a fleet migrates at a time
+LOCK_POLL_S = 0.2
+LOCK_WAIT_S = 600.0  # how long a process waits for another's migration before it gives up
 
 
-async def upgrade(engine: AsyncEngine, attempts: int = 3) -> str | None:
+async def _migration_turn(connection: AsyncConnection, wait_s: float) -> None:
+    """Wait for this process's turn to migrate: the advisory lock, held until the transaction ends.
+
+    Tried, not waited on in one statement: the driver's command timeout would end a wait for another
+    process's long migration, and the process would fail to start."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+    while not (await connection.execute(try_lock, {"key": MIGRATION_LOCK})).scalar():
+        if loop.time() > deadline:
+            raise TimeoutError(f"another process has been migrating the call records for {wait_s:.0f} s")
+        await asyncio.sleep(LOCK_POLL_S)
+
+
+async def upgrade(engine: AsyncEngine, attempts: int = 3, lock_wait_s: float = LOCK_WAIT_S) -> str | None:
     """Bring the schema to the newest revision; returns it.
 
     Signaling and every worker of a fleet migrate at start: on PostgreSQL they take turns (an advisory
-    lock held for the transaction); on SQLite, one that lost the race to create the tables tries again
-    and finds them made."""
+    lock held for the transaction: the first migrates, the others then find the schema at its newest);
+    on SQLite, one that lost the race to create the tables tries again and finds them made."""
     for attempt in range(attempts):
         try:
             async with engine.begin() as connection:
                 if engine.dialect.name == "postgresql":
-                    lock = text("SELECT pg_advisory_xact_lock(:key)")
-                    await connection.execute(lock, {"key": MIGRATION_LOCK})
+                    await _migration_turn(connection, lock_wait_s)
                 await connection.run_sync(_upgrade)
                 return await connection.run_sync(_current)
         except (OperationalError, ProgrammingError):
