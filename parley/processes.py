@@ -273,6 +273,8 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
     host = RedisCallHost(fleet_options(settings))
     await host.start()
     records = await open_records(settings)
+    if records is not None:
+        host.on_worker_gone = records.end_calls_of  # a worker that died cannot end its calls' records
     # On shutdown, requests in flight get as long as a dispatch may take.
     app = create_fleet_app(settings, host, profiles, records)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1)

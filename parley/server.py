@@ -321,6 +321,8 @@ async def build_agent(
     observers: list[CallObserver] = [metrics] if tracer is None else [metrics, tracer]
     announce = webhooks.submit if webhooks is not None else None
     if records is not None:
+        # No call runs under this name yet: any record left open under it is a dead process's call.
+        records.end_calls_of(worker_name)
         observers.append(records.recorder(worker_name, settings.model, announce))
         metrics.registry.register(WriterMetrics(records.writer))
     elif webhooks is not None:  # webhooks without a database: the recorder's writes go nowhere

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -113,3 +115,37 @@ async def test_a_fleet_on_one_postgres_migrates_once_and_records_each_call_with_
         assert (await get(f"{url}/v1/calls/{call_id}/transcript"))[0] == 401
     assert (await get(f"{url}/v1/calls"))[0] == 401
     await wait_until(lambda: all(not w.active for w in fleet.host.workers.values()), 10, "the calls to end")
+
+
+async def test_the_record_of_a_call_on_a_killed_worker_ends_as_worker_lost(fleet: Fleet, postgres: Postgres) -> None:
+    """The worker cannot end its calls' records when it is killed: the signaling service, which sees its
+    heartbeat stop, does, so no record stays "live" for ever."""
+    await fleet.start_signaling(database_url=postgres.url, admin_token=TOKEN)
+    await fleet.start_workers("k1", "k2", extra_env={"PARLEY_DATABASE_URL": postgres.url})
+    callers = [await fleet.call(), await fleet.call()]
+    placed = {(await fleet.state(c))["call"]: (await fleet.state(c))["worker"] for c in callers}
+    assert sorted(placed.values()) == ["k1", "k2"], placed
+
+    async def listed() -> dict[str, dict[str, Any]]:
+        status, page = await get(f"{fleet.url}/v1/calls?limit=50", TOKEN)
+        assert status == 200, page
+        return {c["id"]: c for c in page["calls"] if c["id"] in placed}
+
+    deadline = time.monotonic() + 30
+    while len(await listed()) < 2:
+        assert time.monotonic() < deadline, "both live calls' records"
+        await asyncio.sleep(0.2)
+    fleet.workers["k1"].send_signal(signal.SIGKILL)
+    doomed = next(call for call, worker in placed.items() if worker == "k1")
+    survivor = next(call for call, worker in placed.items() if worker == "k2")
+    deadline = time.monotonic() + 60
+    while (await listed())[doomed]["state"] != "ended":
+        assert time.monotonic() < deadline, "the killed worker's call to be ended in its record"
+        await asyncio.sleep(0.2)
+    records = await listed()
+    assert records[doomed]["end_reason"] == "worker_lost" and records[doomed]["duration_s"] > 0
+    assert records[survivor]["state"] == "live"  # the other worker's call goes on, its record too
+    for caller in callers:
+        await caller.hang_up()
+    ended = await recorded(fleet.url, survivor, TOKEN, timeout_s=30)
+    assert ended["end_reason"] == "hangup"

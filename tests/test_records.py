@@ -4,6 +4,11 @@ through the operator API; the database stopped mid-call delays and fails nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,10 +30,11 @@ from parley.records.database import (
     upgrade,
 )
 from parley.records.service import Records, RecordsOptions
-from parley.records.store import CallUpdate
-from parley.records.writer import RecordWriter
+from parley.records.store import CallEvents, CallUpdate
+from parley.records.writer import RecordWriter, WriterMetrics
 from parley.server import Running, start
 from tests.conftest import make_settings
+from tests.test_lifecycle import ROOT, free_port
 from tests.postgres import Postgres
 from tests.waiting import wait_until
 
@@ -310,3 +316,94 @@ async def test_a_process_waits_out_another_ones_long_migration(postgres: Postgre
     finally:
         await engine.dispose()
         await holder.close()
+
+
+async def test_a_write_the_database_refuses_is_dropped_and_counted_and_the_rest_still_land(
+    postgres: Postgres,
+) -> None:
+    """PostgreSQL refuses a NUL character in text: that one write would fail forever; it must not hold
+    up the records behind it."""
+    records = Records(RecordsOptions(database_url=postgres.url))
+    await records.start()
+    try:
+        now = time.time()
+        writer = records.writer
+        writer.submit(CallUpdate("nul-before", {"started_at": now, "agent": "default"}))
+        said = {"call_id": "nul-before", "at": now, "kind": "utterance", "role": "agent"}
+        writer.submit(CallEvents([{**said, "seq": 0, "text": "fine"}]))
+        writer.submit(CallUpdate("nul-bad", {"started_at": now, "agent": "default\x00"}))
+        writer.submit(CallEvents([{**said, "seq": 1, "text": "also fine"}]))
+        writer.submit(CallUpdate("nul-after", {"started_at": now + 1, "agent": "default"}))
+        assert await writer.flush(20), "writes stuck behind the refused one"
+        assert (writer.rejected, writer.failures, writer.written) == (1, 0, 4)
+        assert await records.describe("nul-before") and await records.describe("nul-after")
+        assert await records.describe("nul-bad") is None
+        transcript = await records.transcript("nul-before")
+        assert transcript is not None and [e["text"] for e in transcript["transcript"]] == ["fine", "also fine"]
+        counted = {m.name: m.samples[0].value for m in WriterMetrics(writer).collect()}
+        assert counted["parley_records_rejected"] == 1
+    finally:
+        await records.stop()
+
+
+async def test_the_call_of_a_killed_server_is_ended_as_worker_lost_when_it_starts_again(tmp_path: Path) -> None:
+    """kill -9 leaves the call's record open (no one was left to end it); the next start ends it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    env.update(PARLEY_ICE_HOST_ADDRESSES="127.0.0.1", PARLEY_DATABASE_URL=f"sqlite:///{tmp_path}/r.db")
+
+    async def serve() -> asyncio.subprocess.Process:
+        with open(tmp_path / "serve.log", "ab") as log:  # noqa: ASYNC230 - a local file
+            process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "parley.cli", "serve", "--port", str(port)),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        async def listening() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                return (await get(f"{url}/healthz"))[0] == 200
+            return False
+
+        deadline = time.monotonic() + 60
+        while not await listening():
+            assert process.returncode is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            await asyncio.sleep(0.2)
+        return process
+
+    async def listed() -> list[dict[str, Any]]:
+        status, page = await get(f"{url}/v1/calls")
+        return list(page["calls"]) if status == 200 else []
+
+    process = await serve()
+    caller = Caller(url)
+    try:
+        await caller.connect()
+        assert caller.call_url is not None
+        call_id = caller.call_url.rstrip("/").rsplit("/", 1)[1]
+        deadline = time.monotonic() + 20
+        while not [c for c in await listed() if c["id"] == call_id]:
+            assert time.monotonic() < deadline, "the live call's record"
+            await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    finally:
+        await caller.hang_up()
+    killed_at = time.time()
+
+    process = await serve()
+    try:
+        record = await recorded(url, call_id)
+        assert record["end_reason"] == "worker_lost" and record["worker"] == "serve"
+        assert record["duration_s"] > 0 and record["ended_at"] is not None
+        assert [c["state"] for c in await listed() if c["id"] == call_id] == ["ended"]
+        assert time.time() - killed_at < 120
+    finally:
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 20)
+        if process.returncode is None:
+            process.kill()

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,7 @@ class RedisCallHost:
         self._gauges = gauge_registry(self.gauges)
         self.workers: dict[str, WorkerView] = {}
         self.lost: deque[dict[str, Any]] = deque(maxlen=20)
+        self.on_worker_gone: Callable[[str], None] | None = None  # told each worker that left or was lost
         self.redis_ok = False
         self.calls_placed = 0
         self._task: asyncio.Task[None] | None = None
@@ -189,7 +190,9 @@ class RedisCallHost:
             view.update(fields)
         if dead:
             await self.redis.srem(self.keys.workers, *dead)
+        gone = set(dead)  # expired before this process saw it, or while it was watching
         for worker_id in [w for w in self.workers if w not in alive]:
+            gone.add(worker_id)
             view = self.workers.pop(worker_id)
             how = "left" if view.state != "ready" else "lost"
             self.lost.append({"id": worker_id, "how": how, "at": round(time.time(), 3)})
@@ -198,6 +201,9 @@ class RedisCallHost:
                 logger.warning("worker %s lost: no heartbeat for %.1f s", worker_id, ttl)
             else:
                 logger.warning("worker %s left", worker_id)
+        if self.on_worker_gone is not None:
+            for worker_id in sorted(gone):
+                self.on_worker_gone(worker_id)
 
     def candidates(self, agent: str | None = None) -> list[WorkerView]:
         """Workers that take calls of `agent`, least loaded first (fill, then lag, then at random)."""

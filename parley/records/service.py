@@ -14,7 +14,7 @@ from parley.records.cost import DEFAULT_PRICES, Prices
 from parley.records.database import make_engine, safe_url, upgrade
 from parley.records.recorder import Announce, CallRecorder
 from parley.records.shape import iso, present
-from parley.records.store import CallQuery, CallStore, DeleteBefore
+from parley.records.store import CallQuery, CallStore, DeleteBefore, EndCallsOf
 from parley.records.writer import RecordWriter
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class Records:
         return CallRecorder(
             self.writer.submit, worker, model, self.options.prices, recording, announce=announce
         )
+
+    def end_calls_of(self, worker: str, reason: str = "worker_lost") -> None:
+        """End the records `worker` left open: it is gone (lost, or a new process under its name)."""
+        self.writer.submit(EndCallsOf(worker, time.time(), reason))
 
     # --- retention ------------------------------------------------------------------------------
 

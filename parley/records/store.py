@@ -34,13 +34,22 @@ class CallEvents:
 
 
 @dataclass
+class EndCallsOf:
+    """The calls of a worker known to be gone, left open by it: ended at `ended_at` for `reason`."""
+
+    worker: str
+    ended_at: float
+    reason: str
+
+
+@dataclass
 class DeleteBefore:
     """Retention: records of calls started before `cutoff` (Unix seconds)."""
 
     cutoff: float
 
 
-Write = CallUpdate | CallEvents | DeleteBefore
+Write = CallUpdate | CallEvents | EndCallsOf | DeleteBefore
 
 
 @dataclass
@@ -106,6 +115,16 @@ class CallStore:
                     .values(rows)
                     .on_conflict_do_nothing(index_elements=["call_id", "seq"])
                 )
+        elif isinstance(write, EndCallsOf):
+            await connection.execute(
+                sa.update(calls)
+                .where(calls.c.worker == write.worker, calls.c.ended_at.is_(None))
+                .values(
+                    ended_at=write.ended_at,
+                    end_reason=write.reason,
+                    duration_s=write.ended_at - sa.func.coalesce(calls.c.started_at, write.ended_at),
+                )
+            )
         else:
             old = sa.select(calls.c.id).where(calls.c.started_at < write.cutoff)
             await connection.execute(sa.delete(call_events).where(call_events.c.call_id.in_(old)))

@@ -4,6 +4,11 @@
 database is slow or down, writes wait in the queue (in order) and are retried until they land; only a
 write that finds the queue full is lost, and it is counted (`dropped`). Writes are idempotent (upserts,
 keyed inserts), so a batch that failed halfway is simply applied again.
+
+A write the database refuses for what it holds (a constraint, a value it cannot store, such as a NUL
+character in PostgreSQL text) would fail the same way forever and hold up every write behind it: the
+batch is applied again one write at a time, and each write refused that way is dropped and counted
+(`rejected`). Only failures of the connection itself (the database down, a timeout) are waited out.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import exc as sa_exc
 
 from parley.records.store import Write
 
@@ -45,6 +51,7 @@ class RecordWriter:
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.dropped = 0
+        self.rejected = 0  # writes the database refused for their content (dropped, not retried)
         self.failures = 0  # attempts that failed (each retried)
         self.failing_since: float | None = None
 
@@ -86,6 +93,9 @@ class RecordWriter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if refused_for_content(exc):
+                    await self._apply_one_by_one(len(batch))
+                    continue
                 self.failures += 1
                 if self.failing_since is None:
                     self.failing_since = loop.time()
@@ -98,15 +108,43 @@ class RecordWriter:
                 await asyncio.sleep(delay)
                 delay = min(self.retry_max_s, delay * 2)
                 continue
-            for _ in batch:
-                self._queue.popleft()
-            self.written += len(batch)
-            if not self._queue:
-                self._idle.set()
+            self._written(len(batch))
             if self.failing_since is not None:
                 logger.warning("%s: writing again after %.1f s", self.name, loop.time() - self.failing_since)
                 self.failing_since = None
             delay = self.retry_initial_s
+
+    async def _apply_one_by_one(self, count: int) -> None:
+        """The first `count` writes queued, each alone: those refused for their content are dropped."""
+        for _ in range(count):
+            write = self._queue[0]
+            try:
+                await self._apply([write])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not refused_for_content(exc):
+                    return  # the connection failed meanwhile: the main loop waits it out
+                self._queue.popleft()
+                self.rejected += 1
+                logger.warning(
+                    "%s: the database refused a write of %s (%s: %s); dropped",
+                    self.name,
+                    _what(write),
+                    type(exc).__name__,
+                    _short(exc),
+                )
+                if not self._queue:
+                    self._idle.set()
+                continue
+            self._written(1)
+
+    def _written(self, count: int) -> None:
+        for _ in range(count):
+            self._queue.popleft()
+        self.written += count
+        if not self._queue:
+            self._idle.set()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued is written (True), or `timeout_s` passes (False)."""
@@ -127,13 +165,54 @@ class RecordWriter:
             logger.warning("%s: %d writes not written at shutdown", self.name, len(self._queue))
 
 
+# SQLSTATE classes of a statement refused for itself: data exception, integrity constraint violation,
+# syntax error or access rule violation, feature not supported. The others (connection exception,
+# insufficient resources, operator intervention, transaction rollback...) pass with time.
+CONTENT_SQLSTATE_CLASSES = frozenset({"22", "23", "42", "0A"})
+
+
+def refused_for_content(exc: Exception) -> bool:
+    """True when the database answered and refused the write itself; False when it could not be reached.
+
+    PostgreSQL says which with the error's SQLSTATE (asyncpg's own errors reach SQLAlchemy as a generic
+    DBAPIError, so the class alone does not tell); SQLite's driver with DB-API classes: IntegrityError
+    and DataError are about the values, OperationalError about the database (locked, unreachable). A
+    value that cannot even be bound (StatementError outside DB-API) is the write's too."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        state = _sqlstate(exc)
+        if state is not None:
+            return state[:2] in CONTENT_SQLSTATE_CLASSES
+        return isinstance(
+            exc, sa_exc.IntegrityError | sa_exc.DataError | sa_exc.ProgrammingError | sa_exc.NotSupportedError
+        )
+    return isinstance(exc, sa_exc.StatementError | TypeError | ValueError)
+
+
+def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    for error in (exc.orig, exc.orig.__cause__ if exc.orig is not None else None):
+        state = getattr(error, "sqlstate", None)
+        if isinstance(state, str) and len(state) == 5:
+            return state
+    return None
+
+
+def _what(write: Write) -> str:
+    """A write named without its content (transcripts are personal data: they stay out of the log)."""
+    call_id = getattr(write, "call_id", None)
+    if call_id is None and getattr(write, "rows", None):
+        call_id = write.rows[0].get("call_id")  # type: ignore[union-attr]
+    return f"{type(write).__name__} of call {call_id}" if call_id else type(write).__name__
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text[:200]
 
 
 class WriterMetrics(Collector):
-    """parley_records_* for /metrics: written, dropped (queue full), failed attempts, queued now."""
+    """parley_records_* for /metrics: written, dropped (queue full), rejected, failed attempts, queued now."""
 
     def __init__(self, writer: RecordWriter, prefix: str = "parley_records") -> None:
         self.writer = writer
@@ -147,6 +226,9 @@ class WriterMetrics(Collector):
         return [
             CounterMetricFamily(f"{p}_written", "record writes that reached the database", w.written),
             CounterMetricFamily(f"{p}_dropped", "record writes lost because the queue was full", w.dropped),
+            CounterMetricFamily(
+                f"{p}_rejected", "record writes the database refused for their content (dropped)", w.rejected
+            ),
             CounterMetricFamily(f"{p}_write_failures", "failed write attempts (each retried)", w.failures),
             GaugeMetricFamily(f"{p}_queued", "record writes waiting for the database", w.queued),
         ]
