@@ -117,7 +117,9 @@ async def test_a_fleet_on_one_postgres_migrates_once_and_records_each_call_with_
     await wait_until(lambda: all(not w.active for w in fleet.host.workers.values()), 10, "the calls to end")
 
 
-async def test_the_record_of_a_call_on_a_killed_worker_ends_as_worker_lost(fleet: Fleet, postgres: Postgres) -> None:
+async def test_the_record_of_a_call_on_a_killed_worker_ends_as_worker_lost(
+    fleet: Fleet, postgres: Postgres
+) -> None:
     """The worker cannot end its calls' records when it is killed: the signaling service, which sees its
     heartbeat stop, does, so no record stays "live" for ever."""
     await fleet.start_signaling(database_url=postgres.url, admin_token=TOKEN)

@@ -142,6 +142,7 @@ async def test_loopback_backend_echoes_the_callers_audio_at_once() -> None:
     assert np.abs(heard[lag : lag + SPEECH.size]).max() > 5000  # at the level it was said
     downlink = metrics["parley_downlink_latency_seconds"]
     assert downlink["count"] > 200  # every 20 ms chunk of the echo
-    # an echo goes straight out: typically a frame late at most (a busy machine's stalls reach the tail)
+    # An echo goes straight out: typically a frame late at most. On a busy machine one 200 ms stall of
+    # the loop is 5 % of this echo's chunks, so the tail is judged only against a standing queue.
     assert (histogram_quantile(downlink["buckets"], 0.5) or 1) < 0.03
-    assert (histogram_quantile(downlink["buckets"], 0.95) or 1) < 0.15
+    assert (histogram_quantile(downlink["buckets"], 0.95) or 1) < 0.5

@@ -34,8 +34,8 @@ from parley.records.store import CallEvents, CallUpdate
 from parley.records.writer import RecordWriter, WriterMetrics
 from parley.server import Running, start
 from tests.conftest import make_settings
-from tests.test_lifecycle import ROOT, free_port
 from tests.postgres import Postgres
+from tests.test_lifecycle import ROOT, free_port
 from tests.waiting import wait_until
 
 SPEECH = load_wav("tests/data/speech.wav")
@@ -151,8 +151,12 @@ async def test_records_need_the_operator_token_when_one_is_set(
         assert status == 401
         status, body = await get(f"{url}/v1/calls", operator_token)
         assert status == 200 and body == {"calls": [], "next_cursor": None}
-        for query, word in (("limit=0", "limit"), ("limit=x", "limit"), ("since=yesterday", "since"),
-                            ("cursor=garbage", "cursor")):
+        for query, word in (
+            ("limit=0", "limit"),
+            ("limit=x", "limit"),
+            ("since=yesterday", "since"),
+            ("cursor=garbage", "cursor"),
+        ):
             status, body = await get(f"{url}/v1/calls?{query}", operator_token)
             assert status == 400 and word in body["error"], (query, body)
         status, body = await get(f"{url}/v1/calls/nosuchcall/transcript", operator_token)
@@ -339,14 +343,19 @@ async def test_a_write_the_database_refuses_is_dropped_and_counted_and_the_rest_
         assert await records.describe("nul-before") and await records.describe("nul-after")
         assert await records.describe("nul-bad") is None
         transcript = await records.transcript("nul-before")
-        assert transcript is not None and [e["text"] for e in transcript["transcript"]] == ["fine", "also fine"]
+        assert transcript is not None and [e["text"] for e in transcript["transcript"]] == [
+            "fine",
+            "also fine",
+        ]
         counted = {m.name: m.samples[0].value for m in WriterMetrics(writer).collect()}
         assert counted["parley_records_rejected"] == 1
     finally:
         await records.stop()
 
 
-async def test_the_call_of_a_killed_server_is_ended_as_worker_lost_when_it_starts_again(tmp_path: Path) -> None:
+async def test_the_call_of_a_killed_server_is_ended_as_worker_lost_when_it_starts_again(
+    tmp_path: Path,
+) -> None:
     """kill -9 leaves the call's record open (no one was left to end it); the next start ends it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -370,7 +379,9 @@ async def test_the_call_of_a_killed_server_is_ended_as_worker_lost_when_it_start
 
         deadline = time.monotonic() + 60
         while not await listening():
-            assert process.returncode is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            assert process.returncode is None and time.monotonic() < deadline, (
+                tmp_path / "serve.log"
+            ).read_text()
             await asyncio.sleep(0.2)
         return process
 

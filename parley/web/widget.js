@@ -90,6 +90,10 @@ button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color:
 .captions .sources a { color: var(--focus); }
 .actions { display: flex; flex-wrap: wrap; gap: .5rem; justify-content: flex-end; }
 .video-status { margin: 0; color: var(--muted); font-size: .9em; }
+.recorded {
+  margin: 0; font-size: .85em; color: var(--fg); background: var(--panel); border: 1px solid var(--border);
+  padding: .2rem .6rem; border-radius: .4rem;
+}
 .video-status:empty { display: none; }
 @media (max-width: 40rem), (pointer: coarse) {
   .captions { font-size: 16px; max-height: 35vh; } /* phones: readable at arm's length */
@@ -110,6 +114,7 @@ class ParleyCall extends HTMLElement {
       <style>${STYLE}</style>
       <div class="widget" part="widget">
         <button class="call" type="button" part="button">${MIC_ICON}<span class="label"></span></button>
+        <p class="recorded" part="recorded" hidden>This call is recorded.</p>
         <div class="panel" part="panel" hidden>
           <p class="status" role="status" aria-live="polite"></p>
           <div class="speaking" aria-hidden="true">
@@ -148,6 +153,7 @@ class ParleyCall extends HTMLElement {
       screen: root.querySelector(".screen"),
       selfView: root.querySelector(".self-view"),
       videoStatus: root.querySelector(".video-status"),
+      recorded: root.querySelector(".recorded"),
     };
     this._captions = new Captions(this._els.captions, 20);
     this._els.call.addEventListener("click", () => this.start());
@@ -216,8 +222,12 @@ class ParleyCall extends HTMLElement {
     this.client = client;
     this._els.camera.hidden = !["camera", "both"].includes(this.video);
     this._els.screen.hidden = !["screen", "both"].includes(this.video) || !canShareScreen();
+    // PARLEY_RECORD_AUDIO: callers are told before they press the button, not only once they speak.
+    this._els.recorded.hidden = true;
+    client.loadConfig().then(() => this._showRecorded(client), () => {}); // start() says why, if it fails
     client.addEventListener("state", ({ detail }) => {
       if (client !== this.client) return;
+      this._showRecorded(client);
       this._showState(detail);
       this.dispatchEvent(new CustomEvent("parley-state", { detail, bubbles: true, composed: true }));
     });
@@ -249,6 +259,10 @@ class ParleyCall extends HTMLElement {
       if (detail.state === "interrupted") this._status("warning", "The microphone was interrupted. The call is still on.");
       else if (client.state === "in-call") this._status("in-call", "In call");
     });
+  }
+
+  _showRecorded(client) {
+    if (client === this.client) this._els.recorded.hidden = !client.config?.recorded;
   }
 
   _renderLabel() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,8 +85,10 @@ async def host_site() -> AsyncIterator[HostSite]:
         await site.stop()
 
 
-async def parley_for(emulator: GeminiEmulator, site: HostSite, allowed: list[str]) -> Running:
-    running = await start_server(emulator, allowed_origins=allowed)
+async def parley_for(
+    emulator: GeminiEmulator, site: HostSite, allowed: list[str], **settings: Any
+) -> Running:
+    running = await start_server(emulator, allowed_origins=allowed, **settings)
     site.parley = f"http://127.0.0.1:{running.port}"
     return running
 
@@ -111,6 +114,7 @@ async def test_widget_on_an_allowed_origin_makes_a_call(
         )
         await expect(widget.get_by_role("status")).to_have_text("In call")
         assert len(running.worker.calls) == 1
+        await expect(widget.locator(".recorded")).to_be_hidden()  # this server does not record
         # Captions of both sides reach the widget and the host page.
         await page.wait_for_function(
             "() => ['user', 'agent'].every((role) => window.hostEvents.some("
@@ -131,6 +135,28 @@ async def test_widget_on_an_allowed_origin_makes_a_call(
         assert running.worker.calls_ended == {"hangup": 1}
         await expect(widget.get_by_role("status")).to_have_text("Call ended. You hung up.")
         await expect(widget.get_by_role("button", name="Talk to us")).to_be_visible()
+    finally:
+        await running.stop()
+
+
+async def test_the_widget_says_the_call_is_recorded_before_the_caller_presses_the_button(
+    emulator: GeminiEmulator, host_site: HostSite, pages: Pages, tmp_path: Path
+) -> None:
+    running = await parley_for(
+        emulator, host_site, [host_site.origin], record_audio=True, recordings_dir=str(tmp_path / "rec")
+    )
+    try:
+        page = await pages.open(host_site.origin)
+        widget = page.locator("parley-call")
+        notice = widget.locator(".recorded")
+        await expect(notice).to_be_visible(timeout=10_000)
+        await expect(notice).to_have_text("This call is recorded.")
+        assert not running.worker.calls  # told before any call
+        await widget.get_by_role("button", name="Talk to us").click()
+        await expect(widget.get_by_role("status")).to_have_text("In call", timeout=20_000)
+        await expect(notice).to_be_visible()  # and all through the call
+        await widget.get_by_role("button", name="Hang up").click()
+        await wait_until(lambda: not running.worker.calls, 10, "the call to end on the server")
     finally:
         await running.stop()
 
