@@ -32,6 +32,7 @@ from parley.fleet.options import FleetOptions
 from parley.fleet.rpc_server import FleetWorker
 from parley.profiles import ProfileStore
 from parley.records.service import Records
+from parley.records.webhooks import WebhookSender
 from parley.settings import Settings
 from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
 from parley.signaling.app import create_app
@@ -256,25 +257,31 @@ class RunningSignaling:
     port: int
     profiles: ProfileStore
     records: Records | None = None
+    webhooks: WebhookSender | None = None
 
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.host.close()
         if self.records is not None:
             await self.records.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
 
 
 async def start_signaling(settings: Settings) -> RunningSignaling:
     from parley.agent_plans import open_profiles
-    from parley.server import open_records
+    from parley.server import open_records, start_webhooks
 
     # The agents' names, origins and variables are checked here; the tools are the workers' to check.
     profiles = open_profiles(settings)
     host = RedisCallHost(fleet_options(settings))
     await host.start()
     records = await open_records(settings)
+    webhooks = None
     if records is not None:
-        host.on_worker_gone = records.end_calls_of  # a worker that died cannot end its calls' records
+        host.on_worker_gone = records.end_calls_of_soon  # a worker that died cannot end its calls' records
+        webhooks = start_webhooks(settings, host.registry)  # ... nor send their call.ended
+        records.announce = webhooks.submit if webhooks is not None else None
     # On shutdown, requests in flight get as long as a dispatch may take.
     app = create_fleet_app(settings, host, profiles, records)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1)
@@ -285,7 +292,7 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
     logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
     if settings.join_secret is None:
         logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
-    return RunningSignaling(runner, host, port, profiles, records)
+    return RunningSignaling(runner, host, port, profiles, records, webhooks)
 
 
 def _safe_url(settings: Settings) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from google import genai
 from google.genai import types
+from prometheus_client import CollectorRegistry
 
 from parley.agent.call import CallOptions
 from parley.agent.credentials import FreshCredentials
@@ -192,14 +193,14 @@ def start_tracing(worker_name: str) -> CallTracer | None:
     return CallTracer(make_provider(__version__), worker_name)
 
 
-def start_webhooks(settings: Settings, metrics: Metrics) -> WebhookSender | None:
+def start_webhooks(settings: Settings, registry: CollectorRegistry) -> WebhookSender | None:
     if not settings.webhook_url:
         return None
     if not settings.webhook_secret:
         logger.warning("PARLEY_WEBHOOK_URL without PARLEY_WEBHOOK_SECRET: webhooks go out unsigned")
     sender = WebhookSender(settings.webhook_url, settings.webhook_secret)
     sender.start()
-    metrics.registry.register(WebhookMetrics(sender))
+    registry.register(WebhookMetrics(sender))
     return sender
 
 
@@ -311,7 +312,7 @@ async def build_agent(
     metrics = Metrics()
     options = call_options(settings)
     records = await open_records(settings)
-    webhooks = start_webhooks(settings, metrics)
+    webhooks = start_webhooks(settings, metrics.registry)
     tracer = start_tracing(worker_name)
     recordings = None
     if settings.record_audio:  # never unless asked: a recording is made only with the setting on
@@ -321,8 +322,9 @@ async def build_agent(
     observers: list[CallObserver] = [metrics] if tracer is None else [metrics, tracer]
     announce = webhooks.submit if webhooks is not None else None
     if records is not None:
+        records.announce = announce
         # No call runs under this name yet: any record left open under it is a dead process's call.
-        records.end_calls_of(worker_name)
+        await records.end_calls_of(worker_name)
         observers.append(records.recorder(worker_name, settings.model, announce))
         metrics.registry.register(WriterMetrics(records.writer))
     elif webhooks is not None:  # webhooks without a database: the recorder's writes go nowhere

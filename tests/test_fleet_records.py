@@ -22,9 +22,10 @@ from parley.records.database import MIGRATION_LOCK, head_revision
 from tests.postgres import Postgres
 from tests.test_fleet import SPEECH, SPEECH_S, Fleet, RedisServer, redis_server
 from tests.test_records import get, postgres, recorded
+from tests.test_webhooks import SECRET, Receiver, receiver
 from tests.waiting import wait_until
 
-__all__ = ["postgres", "redis_server"]  # the fixtures, used by name
+__all__ = ["postgres", "receiver", "redis_server"]  # the fixtures, used by name
 
 TOKEN = "operator-token-for-the-fleet"
 SHOP = "https://shop.example"
@@ -118,12 +119,15 @@ async def test_a_fleet_on_one_postgres_migrates_once_and_records_each_call_with_
 
 
 async def test_the_record_of_a_call_on_a_killed_worker_ends_as_worker_lost(
-    fleet: Fleet, postgres: Postgres
+    fleet: Fleet, postgres: Postgres, receiver: Receiver
 ) -> None:
-    """The worker cannot end its calls' records when it is killed: the signaling service, which sees its
-    heartbeat stop, does, so no record stays "live" for ever."""
-    await fleet.start_signaling(database_url=postgres.url, admin_token=TOKEN)
-    await fleet.start_workers("k1", "k2", extra_env={"PARLEY_DATABASE_URL": postgres.url})
+    """The worker cannot end its calls' records when it is killed, nor send their call.ended: the
+    signaling service, which sees its heartbeat stop, does both, so no record stays "live" for ever."""
+    receiver.refuse_first = 0  # a worker's undelivered webhooks die with it: deliver them at once
+    hooks = {"webhook_url": receiver.url, "webhook_secret": SECRET}
+    await fleet.start_signaling(database_url=postgres.url, admin_token=TOKEN, **hooks)
+    worker_env = {"PARLEY_DATABASE_URL": postgres.url, "PARLEY_WEBHOOK_URL": receiver.url}
+    await fleet.start_workers("k1", "k2", extra_env={**worker_env, "PARLEY_WEBHOOK_SECRET": SECRET})
     callers = [await fleet.call(), await fleet.call()]
     placed = {(await fleet.state(c))["call"]: (await fleet.state(c))["worker"] for c in callers}
     assert sorted(placed.values()) == ["k1", "k2"], placed
@@ -133,9 +137,12 @@ async def test_the_record_of_a_call_on_a_killed_worker_ends_as_worker_lost(
         assert status == 200, page
         return {c["id"]: c for c in page["calls"] if c["id"] in placed}
 
+    def announced(kind: str) -> dict[str, str]:
+        return {e["call"]["id"]: e["call"].get("end_reason") for e in receiver.events if e["type"] == kind}
+
     deadline = time.monotonic() + 30
-    while len(await listed()) < 2:
-        assert time.monotonic() < deadline, "both live calls' records"
+    while len(await listed()) < 2 or len(announced("call.started")) < 2:
+        assert time.monotonic() < deadline, "both live calls' records and call.started"
         await asyncio.sleep(0.2)
     fleet.workers["k1"].send_signal(signal.SIGKILL)
     doomed = next(call for call, worker in placed.items() if worker == "k1")
@@ -151,3 +158,6 @@ async def test_the_record_of_a_call_on_a_killed_worker_ends_as_worker_lost(
         await caller.hang_up()
     ended = await recorded(fleet.url, survivor, TOKEN, timeout_s=30)
     assert ended["end_reason"] == "hangup"
+    await wait_until(lambda: len(announced("call.ended")) == 2, 30, "call.ended of both calls, signed")
+    assert announced("call.ended") == {doomed: "worker_lost", survivor: "hangup"}
+    assert set(announced("call.started")) == {doomed, survivor} and receiver.bad_signatures == 0

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from parley.agent.sdp import OfferError
 from parley.agent.worker import CallNotFound, WorkerBusy
@@ -366,6 +366,11 @@ class RedisCallHost:
             ),
             "parley_fleet_redis_up": (int(self.redis_ok), "1 while Redis answers"),
         }
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """What /metrics shows: the fleet's gauges, and collectors added by the signaling process."""
+        return self._gauges
 
     def metrics(self) -> bytes:
         return generate_latest(self._gauges)

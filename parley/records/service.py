@@ -40,6 +40,8 @@ class Records:
         self.store = CallStore(self.engine)
         self.writer = RecordWriter(self.store.apply, options.queue_size, retry_max_s=options.retry_max_s)
         self._sweeper: asyncio.Task[None] | None = None
+        self.announce: Announce | None = None  # told "call.ended" of each call ended for a lost worker
+        self._endings: set[asyncio.Task[list[str]]] = set()
 
     async def start(self, migrate: bool = True) -> None:
         if migrate:
@@ -50,6 +52,9 @@ class Records:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="records-retention")
 
     async def stop(self) -> None:
+        for task in list(self._endings):
+            task.cancel()
+        await asyncio.gather(*self._endings, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -65,9 +70,40 @@ class Records:
             self.writer.submit, worker, model, self.options.prices, recording, announce=announce
         )
 
-    def end_calls_of(self, worker: str, reason: str = "worker_lost") -> None:
-        """End the records `worker` left open: it is gone (lost, or a new process under its name)."""
-        self.writer.submit(EndCallsOf(worker, time.time(), reason))
+    async def end_calls_of(
+        self, worker: str, reason: str = "worker_lost", patience_s: float = 10.0
+    ) -> list[str]:
+        """End the records `worker` left open: it is gone (lost, or a new process under its name). Each
+        is then announced as "call.ended". Await it before `worker` takes a call: a call it starts
+        meanwhile could be taken for one of the dead process's. The database is asked for up to
+        `patience_s`; returns the calls ended."""
+        delay, deadline = 0.5, time.monotonic() + patience_s
+        while True:
+            try:
+                ids = await self.store.open_calls_of(worker)
+                break
+            except Exception as exc:  # the database is down: the calls stay open until it answers
+                if time.monotonic() + delay > deadline:
+                    logger.warning("records of %s's calls left open: %s", worker, type(exc).__name__)
+                    return []
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if not ids:
+            return []
+        logger.warning("%d calls of %s ended in the records as %s", len(ids), worker, reason)
+        self.writer.submit(EndCallsOf(worker, time.time(), reason, tuple(ids)))
+        if self.announce is not None and await self.writer.flush(patience_s):
+            for call_id in ids:
+                record = await self.describe(call_id)
+                if record is not None:
+                    self.announce("call.ended", record)
+        return ids
+
+    def end_calls_of_soon(self, worker: str) -> None:
+        """end_calls_of in a task of its own, patient for 10 minutes (the signaling service's watch)."""
+        task = asyncio.create_task(self.end_calls_of(worker, patience_s=600), name=f"end-calls-of-{worker}")
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
 
     # --- retention ------------------------------------------------------------------------------
 

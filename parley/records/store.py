@@ -40,6 +40,7 @@ class EndCallsOf:
     worker: str
     ended_at: float
     reason: str
+    ids: tuple[str, ...]  # those found open when it was known to be gone; no call started since
 
 
 @dataclass
@@ -118,7 +119,11 @@ class CallStore:
         elif isinstance(write, EndCallsOf):
             await connection.execute(
                 sa.update(calls)
-                .where(calls.c.worker == write.worker, calls.c.ended_at.is_(None))
+                .where(
+                    calls.c.worker == write.worker,
+                    calls.c.ended_at.is_(None),
+                    calls.c.id.in_(write.ids),
+                )
                 .values(
                     ended_at=write.ended_at,
                     end_reason=write.reason,
@@ -135,6 +140,11 @@ class CallStore:
         async with self.engine.connect() as connection:
             row = (await connection.execute(sa.select(calls).where(calls.c.id == call_id))).mappings().first()
         return dict(row) if row is not None else None
+
+    async def open_calls_of(self, worker: str) -> list[str]:
+        query = sa.select(calls.c.id).where(calls.c.worker == worker, calls.c.ended_at.is_(None))
+        async with self.engine.connect() as connection:
+            return [call_id for (call_id,) in (await connection.execute(query)).all()]
 
     async def events(self, call_id: str) -> list[dict[str, Any]]:
         query = sa.select(call_events).where(call_events.c.call_id == call_id).order_by(call_events.c.seq)
