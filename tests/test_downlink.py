@@ -120,3 +120,44 @@ async def test_a_reply_after_a_stalled_loop_is_paced_from_its_arrival_and_never_
     assert sent[-1] - sent[0] > 0.4
     # the silence the stall swallowed is skipped in the RTP clock, not squeezed in after it
     assert pts[0] - 4 * FRAME_SAMPLES >= 48000 * 0.08
+
+
+def test_settled_digital_silence_is_sent_as_one_reused_packet_and_speech_after_it_is_intact() -> None:
+    import opuslib
+
+    from parley.agent.downlink import PLAYOUT_RATE, MonoOpusEncoder
+    from parley.caller import load_wav
+    from tests.audio import snr_db
+
+    speech = load_wav("tests/data/speech.wav")  # 48 kHz mono
+    speech = speech[: speech.size // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+    before, after = speech[:50], speech[50:150]
+    frames = [*before, *[np.zeros(FRAME_SAMPLES, np.int16)] * 100, *after]
+
+    encoder = MonoOpusEncoder()
+    packets = [encoder.encode(frame) for frame in frames]
+    # every silent frame once the encoder settled is the same packet, not a fresh encode
+    assert encoder.frames_reused >= 90
+    assert len(set(packets[60:150])) == 1 and len(packets[100]) <= 8
+
+    # what the browser hears: the silence decodes to silence, and the speech after it as well as from
+    # an encoder that encoded every silent frame (the same settings, straight libopus)
+    plain = opuslib.Encoder(PLAYOUT_RATE, 1, opuslib.APPLICATION_RESTRICTED_LOWDELAY)
+    opuslib.api.encoder.encoder_ctl(plain.encoder_state, opuslib.api.ctl.set_bitrate, 48000)
+    reference = [bytes(plain.encode(frame.tobytes(), FRAME_SAMPLES)) for frame in frames]
+    assert packets[60:150] == reference[60:150]  # byte for byte what would have gone anyway
+
+    def decoded(stream: list[bytes]) -> np.ndarray:
+        decoder = opuslib.Decoder(PLAYOUT_RATE, 1)
+        pcm = b"".join(decoder.decode(p, FRAME_SAMPLES) for p in stream)
+        return np.frombuffer(pcm, np.int16)
+
+    ours, theirs = decoded(packets), decoded(reference)
+    silence = ours[60 * FRAME_SAMPLES : 150 * FRAME_SAMPLES]
+    assert np.abs(silence).max() == 0
+    delay = 120  # CELT low-delay look-ahead: 2.5 ms at 48 kHz
+    original = after.reshape(-1)[: -FRAME_SAMPLES]
+    start = 150 * FRAME_SAMPLES + delay
+    ours_snr = snr_db(original, ours[start : start + original.size])
+    theirs_snr = snr_db(original, theirs[start : start + original.size])
+    assert ours_snr > 10 and ours_snr > theirs_snr - 0.5, (ours_snr, theirs_snr)
