@@ -49,25 +49,28 @@ def resample(samples: Int16Array, src_rate: int, dst_rate: int) -> Int16Array:
     cutoff = 0.5 * scale * 0.94  # cycles per input sample
     half_width = _HALF_TAPS / scale  # kernel half-width in input samples
     n_out = int(x.size * dst_rate // src_rate)
-    # Output instant n sits at input position n * src / dst = base + frac. With integer rates
-    # the fractions repeat with period dst / gcd, so the kernel is computed once per distinct
-    # fraction (3 for 16k->24k) and gathered, instead of once per output sample.
+    # Output instant n sits at input position n * src / dst = base + frac. With integer rates the
+    # fractions repeat with period dst / gcd: the outputs n0, n0 + period, ... share one fraction, so
+    # one kernel, and their inputs start `step` samples apart. Each such phase is then one
+    # matrix-vector product over a strided view of the input (no copies), ten times faster than
+    # gathering the input once per tap (a whole emulator turn, 16k->24k: 4 ms instead of 40).
     step = src_rate // math.gcd(src_rate, dst_rate)
     period = dst_rate // math.gcd(src_rate, dst_rate)
-    n = np.arange(n_out, dtype=np.int64)
-    base = (n * step) // period
-    phase = (n * step) % period
-    frac = np.arange(period, dtype=np.float64) / period
-    out = np.zeros(n_out, dtype=np.float64)
+    out = np.empty(n_out, dtype=np.float64)
     reach = math.ceil(half_width)
+    taps = np.arange(-reach + 1, reach + 1)
     norm = float(np.i0(_KAISER_BETA))
     padded = np.concatenate([np.zeros(reach), x, np.zeros(reach + 1)])
-    for k in range(-reach + 1, reach + 1):
-        d = frac - k  # distance from input sample base + k, per phase
+    windows = np.lib.stride_tricks.sliding_window_view(padded, taps.size)  # row j: padded[j : j + taps]
+    for n0 in range(min(period, n_out)):
+        base0, phase = divmod(n0 * step, period)
+        d = phase / period - taps  # distance from input sample base + k, per tap
         u = np.clip(d / half_width, -1.0, 1.0)
         window = np.where(np.abs(d) < half_width, np.i0(_KAISER_BETA * np.sqrt(1.0 - u * u)) / norm, 0.0)
         kernel = 2.0 * cutoff * np.sinc(2.0 * cutoff * d) * window
-        out += padded[base + k + reach] * kernel[phase]
+        count = len(range(n0, n_out, period))
+        # output n0 + m * period reads padded[base0 + m * step + 1 :][: taps] (input sample base + k)
+        out[n0::period] = windows[base0 + 1 :: step][:count] @ kernel
     return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
 
