@@ -90,7 +90,10 @@ class Server:
             self.process.kill()
 
 
-def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(
+    kind: str, port: int, extra_env: dict[str, str] | None = None, root: Path = ROOT
+) -> Server:
+    """`root`: the source tree the server runs from (bench/loop_ab.py runs older revisions)."""
     env = {
         **os.environ,
         "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
@@ -112,7 +115,7 @@ def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None) 
     env.update(extra_env or {})
     process = subprocess.Popen(
         cmd,
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
