@@ -403,4 +403,9 @@ async def test_the_page_config_says_which_agent_and_refuses_an_unknown_one(serve
                 assert response.status == status, body
                 assert body.get("agent") == agent
         async with http.get(f"{base(served)}/v1/config?agent=sales") as response:
-            assert (await response.json())["model"] == "gemini-2.5-flash-native-audio-preview-12-2025"
+            sales = await response.json()
+        assert sales["model"] == "gemini-2.5-flash-native-audio-preview-12-2025"
+        # sales has `video = false`: the page is told, so it offers no camera; support takes video.
+        assert sales["video"]["enabled"] is False and sales["video"]["fps"] > 0
+        async with http.get(f"{base(served)}/v1/config") as response:
+            assert (await response.json())["video"]["enabled"] is True

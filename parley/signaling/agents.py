@@ -57,12 +57,13 @@ def admit_call(
 
 
 def agent_config(request: web.Request, agent: str | None) -> dict[str, object]:
-    """What GET /v1/config says of the agent a page names (None: the default one): its name, and its
-    model when the profile names one. AdmissionError 404 for an unknown agent."""
+    """What GET /v1/config says of the agent a page names (None: the default one): its name, its model
+    when the profile names one, and whether it takes video (a page offers no camera for one that does
+    not). AdmissionError 404 for an unknown agent."""
     store, _ = request.app[PROFILES]
     catalog = store.catalog
     name = catalog.default_agent if agent is None else agent
     if name not in catalog:
         raise AdmissionError(404, f"no agent named {name!r}")
     profile = catalog.get(name)
-    return {"agent": name, **({"model": profile.model} if profile.model else {})}
+    return {"agent": name, "takesVideo": profile.video, **({"model": profile.model} if profile.model else {})}

@@ -209,10 +209,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def page_config(request: web.Request) -> web.Response:
     # Made per request: TURN credentials are minted for each page, a fleet's facts change.
     config = request.app[PAGE_CONFIG]()
-    try:  # ?agent=NAME: the page learns at once whether its agent exists, and its model
-        config.update(agent_config(request, request.query.get("agent")))
+    try:  # ?agent=NAME: the page learns at once whether its agent exists, its model, if it takes video
+        agent = agent_config(request, request.query.get("agent"))
     except AdmissionError as exc:
         return error(exc.status, exc.message)
+    # video.enabled false: the page offers no video m-line (so never asks for a camera) and no toggles.
+    config["video"] = {**config.get("video", {}), "enabled": agent.pop("takesVideo")}
+    config.update(agent)
     return web.json_response(config, headers={"Cache-Control": "no-store"})
 
 

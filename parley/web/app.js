@@ -65,6 +65,9 @@ client.addEventListener("speaking", ({ detail }) => {
   $("agent-speaking").classList.toggle("on", detail.agent);
 });
 client.addEventListener("video", ({ detail }) => {
+  // An agent without video (its profile's `video = false`): no toggles, and the status says why.
+  $("camera").hidden = !detail.available;
+  $("screen").hidden = !detail.available || !canShareScreen();
   $("camera").setAttribute("aria-pressed", String(detail.source === "camera"));
   $("screen").setAttribute("aria-pressed", String(detail.source === "screen"));
   $("self-view").hidden = detail.state !== "on";

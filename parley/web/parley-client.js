@@ -15,7 +15,8 @@
 //   mic         {state, label}                     interrupted (the system ended it: resumeMic()),
 //                                                  live (resumed), switched (a new default microphone)
 //   visibility  {hidden}                           the page went to the background (the call goes on)
-//   video       {source, state, reason, message, agent, ...}   camera or screen share (client/video.js)
+//   video       {source, state, reason, message, agent, available, ...}   camera or screen share
+//                                                  (client/video.js; available false: the agent takes none)
 //   event       the raw data-channel event
 //
 // Only standard APIs: getUserMedia, RTCPeerConnection, getStats, Web Audio (analysis only: the agent
@@ -156,6 +157,13 @@ export class ParleyClient extends CallConnection {
   async setVideo(source) {
     if (!this.video) throw new ParleyError("refused", "this client was made without video");
     await this.video.set(LIVE_STATES.includes(this.state) ? source : null);
+  }
+
+  /** GET /v1/config; an agent that takes no video (video.enabled false) gets audio-only offers. */
+  async loadConfig() {
+    const config = await super.loadConfig();
+    this.video?.setAvailable(config?.video?.enabled !== false);
+    return config;
   }
 
   /** Allow playback (mobile autoplay rules): call it inside a user gesture. */

@@ -5,9 +5,11 @@
 //
 // Attributes: server (default: where this script came from), label (the button's text), theme
 // (auto | light | dark), position (inline | bottom-right | bottom-left), video (none | camera | screen |
-// both: which video toggles the call offers; none, the default, never asks for a camera). DOM events,
-// bubbling out of the shadow root: `parley-state` {state, reason, message, callId},
-// `parley-transcript` {role, text, final} and `parley-video` {source, state, reason, message, agent}. Properties and methods: .client (the ParleyClient), .start(), .hangUp(), and
+// both: which video toggles the call offers; none, the default, never asks for a camera; an agent whose
+// profile says `video = false` gets no toggles either). DOM events, bubbling out of the shadow root:
+// `parley-state` {state, reason, message, callId}, `parley-transcript` {role, text, final} and
+// `parley-video` {source, state, reason, message, agent, available}. Properties and methods: .client (the
+// ParleyClient), .start(), .hangUp(), and
 // .tokenProvider, an async function returning a join token for servers that require one (or the
 // `token` attribute). `agent="NAME"` calls that agent profile; what its instruction is filled with comes
 // from `data-var-NAME="value"` attributes and the `.variables` property ({name: value}, which wins),
@@ -105,7 +107,8 @@ button[aria-pressed="true"] { background: #5c4400; border-color: #5c4400; color:
 const MIC_ICON = `<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M12 14a3 3 0 0 0 3-3V5a3 3 0 0 0-6 0v6a3 3 0 0 0 3 3zm5-3a5 5 0 0 1-10 0H5a7 7 0 0 0 6 6.92V21h2v-3.08A7 7 0 0 0 19 11h-2z"/></svg>`;
 
 class ParleyCall extends HTMLElement {
-  static get observedAttributes() { return ["label", "server", "video"]; }
+  // A new agent may take video where the old one did not: a fresh client reads /v1/config again.
+  static get observedAttributes() { return ["label", "server", "video", "agent"]; }
 
   constructor() {
     super();
@@ -179,7 +182,7 @@ class ParleyCall extends HTMLElement {
 
   attributeChangedCallback(name) {
     if (name === "label") this._renderLabel();
-    if ((name === "server" || name === "video") && this.client && ["idle", "ended", "error"].includes(this.client.state)) this._makeClient();
+    if (name !== "label" && this.client && ["idle", "ended", "error"].includes(this.client.state)) this._makeClient();
   }
 
   get server() { return this.getAttribute("server") || SCRIPT_ORIGIN; }
@@ -220,8 +223,7 @@ class ParleyCall extends HTMLElement {
       variables: () => this._variables(),
     });
     this.client = client;
-    this._els.camera.hidden = !["camera", "both"].includes(this.video);
-    this._els.screen.hidden = !["screen", "both"].includes(this.video) || !canShareScreen();
+    this._showToggles(true);
     // PARLEY_RECORD_AUDIO: callers are told before they press the button, not only once they speak.
     this._els.recorded.hidden = true;
     client.loadConfig().then(() => this._showRecorded(client), () => {}); // start() says why, if it fails
@@ -244,6 +246,7 @@ class ParleyCall extends HTMLElement {
     });
     client.addEventListener("video", ({ detail }) => {
       if (client !== this.client) return;
+      this._showToggles(detail.available); // an agent without video: none, and the status says why
       this._els.camera.setAttribute("aria-pressed", String(detail.source === "camera"));
       this._els.screen.setAttribute("aria-pressed", String(detail.source === "screen"));
       this._els.selfView.hidden = detail.state !== "on";
@@ -263,6 +266,12 @@ class ParleyCall extends HTMLElement {
 
   _showRecorded(client) {
     if (client === this.client) this._els.recorded.hidden = !client.config?.recorded;
+  }
+
+  /** The toggles the `video` attribute asks for, unless the agent takes no video. */
+  _showToggles(available) {
+    this._els.camera.hidden = !available || !["camera", "both"].includes(this.video);
+    this._els.screen.hidden = !available || !["screen", "both"].includes(this.video) || !canShareScreen();
   }
 
   _renderLabel() {

@@ -6,13 +6,17 @@
 // and the camera light goes off. The sender is told to send what the agent keeps and no more
 // (setParameters): a few frames per second, scaled to the server's longest side, a bitrate cap.
 //
+// An agent that takes no video (its profile's `video = false`: /v1/config's video.enabled) gets an offer
+// without a video m-line, so the browser never asks for a camera, and the page hides its toggles.
+//
 // The `video` event's detail:
-//   {source, state, reason, message, agent, width, height, fps}
-//   source   camera | screen | null
-//   state    off | starting | on
-//   reason   (when off) camera-denied | no-camera | camera-busy | share-denied | share-stopped |
-//            camera-stopped | unsupported | no-video | null (turned off, or never on)
-//   agent    the server's last `video` data-channel state: active | paused | muted | ended | null
+//   {source, state, reason, message, agent, available, width, height, fps}
+//   source    camera | screen | null
+//   state     off | starting | on
+//   reason    (when off) camera-denied | no-camera | camera-busy | share-denied | share-stopped |
+//             camera-stopped | unsupported | no-video | agent-no-video | null (turned off, or never on)
+//   agent     the server's last `video` data-channel state: active | paused | muted | ended | null
+//   available false when the agent takes no video: show no Camera or Share screen toggle
 
 export const VIDEO_MODES = ["none", "camera", "screen", "both"];
 
@@ -33,6 +37,7 @@ const MESSAGES = {
   "share-stopped": "Screen sharing stopped.",
   unsupported: "This browser cannot share its screen.",
   "no-video": "This call has no video.",
+  "agent-no-video": "This agent does not take video: the call is audio only.",
 };
 
 export function describeVideo({ source, state, reason, agent }) {
@@ -102,13 +107,23 @@ export class Video {
     this.limits = null;
     this._starting = false; // a set() is waiting for the browser (a permission prompt, a picker)
     this._wanted = 0; // bumps on every set(): a slow permission prompt must not undo a later choice
+    this.available = true; // the agent takes video (until /v1/config says otherwise)
   }
 
   get track() { return this.stream?.getVideoTracks()[0] || null; }
 
-  /** Add the send-only video transceiver to an offer (with the current track, if any). */
+  /** /v1/config says whether the agent takes video; one that does not gets no video m-line at all. */
+  setAvailable(available) {
+    if (available === this.available) return;
+    this.available = available;
+    if (!available && (this.source || this._starting)) this._wanted += 1;
+    this._stop(available ? null : "agent-no-video");
+    if (available) this._report({ source: null, state: "off" });
+  }
+
+  /** Add the send-only video transceiver to an offer (with the current track, if any), if the agent takes video. */
   offer(pc) {
-    pc.addTransceiver(this.track || "video", { direction: "sendonly" });
+    if (this.available) pc.addTransceiver(this.track || "video", { direction: "sendonly" });
   }
 
   /** The answer is in: this sender is the call's now (a rejoin makes a new one). */
@@ -130,7 +145,7 @@ export class Video {
       return;
     }
     if (!this.sender) {
-      this._report({ source: null, state: "off", reason: "no-video" });
+      this._report({ source: null, state: "off", reason: this.available ? "no-video" : "agent-no-video" });
       return;
     }
     this._starting = true;
@@ -215,7 +230,7 @@ export class Video {
   _report({ source, state, reason = null }) {
     const settings = this.track?.getSettings?.() || {};
     const scale = this.limits?.scaleResolutionDownBy || 1;
-    const detail = { source, state, reason, agent: this.agent };
+    const detail = { source, state, reason, agent: this.agent, available: this.available };
     if (state === "on" && settings.width) {
       detail.width = Math.round(settings.width / scale);
       detail.height = Math.round(settings.height / scale);
