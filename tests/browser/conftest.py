@@ -3,7 +3,8 @@ talking to a real Parley server on loopback.
 
 Chromium's microphone is its fake capture device playing a WAV made from tests/data/speech.wav (it
 loops); the camera, when a test asks for one, plays a Y4M of one known colour (CAMERA_RGB). Chromium's
-fake screen (getDisplayMedia with --use-fake-device-for-media-stream) is mostly green. Playwright never
+fake screen (getDisplayMedia with --use-fake-device-for-media-stream) is mostly green; a test may instead
+have the screen-share picker refused or pick a tab of its own (Pages.open's `screen`). Playwright never
 downloads a browser here: it drives /usr/bin/chromium (PARLEY_CHROMIUM). Firefox's microphone is a
 PulseAudio virtual source playing the same speech (tests/browser/firefox.py).
 """
@@ -176,16 +177,27 @@ class Pages:
         microphone: str = "granted",
         camera: str = "granted",
         phone: tuple[int, int] | None = None,
+        screen: str | None = None,
     ) -> Page:
         """microphone: "granted" (the fake one), "denied" (the user says no) or "none" (no device).
-        camera (with the microphone granted): "granted" (the Y4M; the screen share is allowed too) or
-        "denied" (the user says no to the camera and to sharing the screen).
+        camera (with the microphone granted): "granted" (the Y4M) or "denied" (the user says no).
+        screen, what the screen-share picker does: "fake" (the default with the camera granted:
+        Chromium's fake screen, no picker), "refused" (the default with the camera denied: the user
+        cancels the picker, --auto-reject-capture), or "tab:TITLE" (the user picks the tab of that
+        title, which the test opens: closing it ends the share from the browser's side, as the
+        browser's own "Stop sharing" does).
         phone: a phone's CSS viewport (390x844, 360x800), with touch and mobile emulation."""
         args = list(CHROMIUM_ARGS)
         permissions = ["microphone"] if microphone != "denied" else []
+        screen = screen or ("fake" if camera == "granted" else "refused")
         if microphone == "granted" and camera == "granted":
-            args.append("--use-fake-ui-for-media-stream")
             permissions.append("camera")
+            if screen == "fake":
+                args.append("--use-fake-ui-for-media-stream")  # grants everything, screen included
+        if screen == "refused":
+            args.append("--auto-reject-capture")  # the picker's Cancel (the camera, unless granted, too)
+        elif screen.startswith("tab:"):
+            args.append(f"--auto-select-tab-capture-source-by-title={screen[4:]}")
         if microphone == "granted":
             args += [
                 f"--use-file-for-fake-audio-capture={self.mic}",
@@ -208,6 +220,11 @@ class Pages:
                 has_touch=True,
             )
         page = await context.new_page()
+        if screen == "refused":
+            # Headless Chromium (156) answers --auto-reject-capture only with another tab open: alone,
+            # the picker never answers. Any tab does; the page under test stays in front.
+            await context.new_page()
+            await page.bring_to_front()
         page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
         await page.goto(url)
