@@ -113,6 +113,8 @@ def start_server(
         env.pop("GEMINI_API_KEY", None)
         env.pop("GOOGLE_API_KEY", None)
     env.update(extra_env or {})
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)  # its `parley`, not this checkout's (installed editable)
     process = subprocess.Popen(
         cmd,
         cwd=root,
@@ -407,8 +409,10 @@ def profile_setup(servers: dict[str, Server], out_dir: Path, calls: int, rounds:
         results[name]["answer_ms"]["p50"] = round(sorted(values)[len(values) // 2], 2)
         results[name]["answer_ms_rounds"] = values
     results["parley+agents"]["lookup_us"] = lookup_us(agents_file(out_dir))
-    log(f"profile lookup: answer p50 {results['parley']['answer_ms']['p50']} ms without agents, "
-        f"{results['parley+agents']['answer_ms']['p50']} ms with {AGENTS}")
+    log(
+        f"profile lookup: answer p50 {results['parley']['answer_ms']['p50']} ms without agents, "
+        f"{results['parley+agents']['answer_ms']['p50']} ms with {AGENTS}"
+    )
     return results
 
 

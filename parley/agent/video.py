@@ -209,19 +209,37 @@ def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
-def encode_jpeg(image: av.VideoFrame, max_side: int, qscale: int) -> JpegImage:
-    """Scale and JPEG-encode one frame (runs on the worker thread)."""
-    width, height = scaled_size(image.width, image.height, max_side)
-    small = image.reformat(width=width, height=height, format="yuvj420p", interpolation="AREA")
-    plane = small.planes[0]
-    luma = np.frombuffer(memoryview(plane), np.uint8).reshape(height, plane.line_size)[::4, :width:4]
-    encoder = av.CodecContext.create("mjpeg", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
-    encoder.time_base = fractions.Fraction(1, 1)
-    encoder.thread_count = 1
-    encoder.options = {"qmin": str(qscale), "qmax": str(qscale)}
-    data = b"".join(bytes(p) for p in [*encoder.encode(small), *encoder.encode(None)])
-    return JpegImage(data, width, height, black=int(luma.max()) <= BLACK_LUMA)
+class JpegEncoder:
+    """Scales and JPEG-encodes frames, on the call's worker thread only. One MJPEG encoder stays open per
+    size: a JPEG holds nothing of the frame before it, and opening an encoder for each frame cost a
+    tenth of the encoding (0.2 of ~1.8 ms at 768x432)."""
+
+    def __init__(self, max_side: int, qscale: int) -> None:
+        self.max_side, self.qscale = max_side, qscale
+        self._encoder: Any = None
+        self._size = (0, 0)
+
+    def encode(self, image: av.VideoFrame) -> JpegImage:
+        width, height = scaled_size(image.width, image.height, self.max_side)
+        small = image.reformat(width=width, height=height, format="yuvj420p", interpolation="AREA")
+        small.pts = None  # the encoder is fed frames out of any time base of its own
+        plane = small.planes[0]
+        luma = np.frombuffer(memoryview(plane), np.uint8).reshape(height, plane.line_size)[::4, :width:4]
+        if self._encoder is None or self._size != (width, height):
+            self._encoder, self._size = self._open(width, height), (width, height)
+        data = b"".join(bytes(p) for p in self._encoder.encode(small))
+        if not data:  # an encoder that held the frame back: flush it, open a new one next time
+            data = b"".join(bytes(p) for p in self._encoder.encode(None))
+            self._encoder = None
+        return JpegImage(data, width, height, black=int(luma.max()) <= BLACK_LUMA)
+
+    def _open(self, width: int, height: int) -> Any:
+        encoder = av.CodecContext.create("mjpeg", "w")
+        encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
+        encoder.time_base = fractions.Fraction(1, 1)
+        encoder.thread_count = 1
+        encoder.options = {"qmin": str(self.qscale), "qmax": str(self.qscale)}
+        return encoder
 
 
 class VideoPath:
@@ -239,6 +257,7 @@ class VideoPath:
         self._send = send
         self._emit = emit
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._jpeg = JpegEncoder(options.max_side, options.jpeg_qscale)  # used on the worker only
         self._tap: VideoTap | None = None
         self._newest: DecodedFrame | None = None
         self._last_sent_ts: int | None = None
@@ -354,9 +373,7 @@ class VideoPath:
         if frame.timestamp == self._last_sent_ts:
             return  # nothing new since the last send
         started = time.monotonic()
-        image = await loop.run_in_executor(
-            self._worker, encode_jpeg, frame.image, self.options.max_side, self.options.jpeg_qscale
-        )
+        image = await loop.run_in_executor(self._worker, self._jpeg.encode, frame.image)
         self.stats.encode_s.append(time.monotonic() - started)
         self._last_sent_ts = frame.timestamp
         if image.black:
