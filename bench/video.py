@@ -129,10 +129,12 @@ Log = Callable[[str], None]
 def video_cost(
     server: Any, measure: Measure, log: Log, counts: list[int], seconds: float, rounds: int
 ) -> dict[str, Any]:
-    """For each number of calls: audio-only and audio+camera runs, interleaved `rounds` times."""
+    """For each number of calls: audio-only and audio+camera runs, interleaved `rounds` times (three
+    times as many at 1 call: there the event loop's round-to-round spread, ±5 ms, exceeds the camera's
+    share of it, and 1-call rounds are short)."""
     rows: list[dict[str, Any]] = []
     for calls in counts:
-        for round_ in range(rounds):
+        for round_ in range(rounds * 3 if calls == 1 else rounds):
             for video in (False, True):
                 args = ["--calls", str(calls), "--seconds", str(seconds), "--warmup", str(3 + calls / 10)]
                 result, numbers = measure(server, [*args, "--video"] if video else args)
