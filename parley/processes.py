@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -42,6 +43,15 @@ logger = logging.getLogger("parley")
 
 # `parley worker` takes this many calls when PARLEY_MAX_CALLS is 0 (aiortc lags past ~10-15 a process).
 DEFAULT_WORKER_CALLS = 12
+
+
+def freeze_heap() -> None:
+    """Once started: put everything alive now (modules, the SDK's pydantic models, codecs; about a
+    million objects) out of the cyclic garbage collector's reach. Each full collection walked them all
+    with the event loop stopped: 150-300 ms, several times a minute under load (docs/benchmarks.md),
+    a stall in every call of the process. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 async def until_signalled(
@@ -115,6 +125,7 @@ def run_emulator_command(args: argparse.Namespace) -> None:
 
     async def serve_emulator() -> None:
         await emulator_cli.start(emulator)
+        freeze_heap()
         await until_signalled(lambda: emulator_cli.stop(emulator))
 
     asyncio.run(serve_emulator())
@@ -129,6 +140,7 @@ async def serve(settings: Settings, tools: ToolRegistry | None = None) -> None:
     running = await start(settings, tools)
     if running.profiles is not None:
         reload_on_sighup(running.profiles)
+    freeze_heap()
 
     async def cleanup() -> None:
         logger.warning("shutting down: ending %d calls", len(running.worker.calls))
@@ -181,6 +193,7 @@ async def run_worker(
             settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, worker_id
         )
     logger.warning("worker %s warmed up in %.2f s", worker_id, await warm_up())
+    freeze_heap()
     fleet = FleetWorker(worker, fleet_options(settings), worker_id, agent.backend, settings.agents_only)
     metrics.start()
     runner: web.AppRunner | None = None
@@ -318,6 +331,7 @@ def run_signaling_command(args: argparse.Namespace) -> None:
 
 async def serve_signaling(settings: Settings) -> None:
     running = await start_signaling(settings)
+    freeze_heap()
     reload_on_sighup(running.profiles)
     await until_signalled(running.stop)
 
