@@ -26,6 +26,8 @@ function setStatus(state, message) {
 }
 
 const ms = (value) => (typeof value === "number" ? `${value} ms` : "–");
+// the browser's own share: "n/a" where this browser does not report it (null), "–" before a reading
+const share = (value) => (value === null ? "n/a" : ms(value));
 
 function showStats(stats) {
   $("v2v").textContent = ms(stats.voiceToVoiceMs);
@@ -34,7 +36,9 @@ function showStats(stats) {
   $("rtt").textContent = stats.rttMs === 0 ? "< 0.1 ms" : ms(stats.rttMs);
   $("jitter-buffer").textContent = ms(stats.jitterBufferMs);
   $("jitter-target").textContent = typeof stats.jitterBufferTargetMs === "number" ? `target ${stats.jitterBufferTargetMs} ms` : "";
-  $("playout").textContent = ms(stats.playoutMs);
+  $("capture").textContent = share(stats.captureMs);
+  $("playout").textContent = share(stats.playoutMs);
+  $("output-latency").textContent = typeof stats.outputLatencyMs === "number" ? `output device ${stats.outputLatencyMs} ms` : "";
   $("packets-lost").textContent = stats.packetsLost ?? "–";
   $("concealed").textContent = stats.concealedSamples === undefined
     ? "–" : `${stats.concealedSamples}${stats.concealedPct !== undefined ? ` (${stats.concealedPct} %)` : ""}`;

@@ -29,7 +29,7 @@ import { CallConnection } from "./client/connection.js";
 import { LIVE_STATES, ParleyError, describe, groundingDetail, parseEvent, transcriptDetail } from "./client/events.js";
 import { PageLifecycle } from "./client/lifecycle.js";
 import { microphones, openMic, play, unlock } from "./client/media.js";
-import { Levels, freshDebug, median, readStats } from "./client/stats.js";
+import { Levels, freshDebug, median, readLocalShare, readStats } from "./client/stats.js";
 import { Video } from "./client/video.js";
 
 export { STATES, ParleyError, describe } from "./client/events.js";
@@ -67,6 +67,8 @@ export class ParleyClient extends CallConnection {
     this.levels = null;
     this.turns = [];
     this.stats = {};
+    this._statsPc = null; // the connection the last getStats() reading was of, and that reading
+    this._statsPrevious = {};
     this.speaking = { user: false, agent: false };
     this.debug = freshDebug();
     this._timers = [];
@@ -282,7 +284,9 @@ export class ParleyClient extends CallConnection {
   async _collectStats() {
     const pc = this.pc;
     if (!pc || pc.connectionState === "closed") return;
-    this.stats = { ...this.stats, ...(await readStats(pc)) };
+    if (this._statsPc !== pc) { this._statsPc = pc; this._statsPrevious = {}; } // a rejoin's new connection
+    const track = this.mic?.getAudioTracks()[0];
+    this.stats = { ...this.stats, ...(await readStats(pc, this._statsPrevious)), ...readLocalShare(track, this.context) };
     this._publishStats();
     if (pc === this.pc) this._watchMedia(this.stats.packetsReceived);
   }

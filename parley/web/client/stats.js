@@ -128,8 +128,11 @@ export function roundMs(seconds) {
   return ms < 10 ? Math.round(ms * 10) / 10 : Math.round(ms);
 }
 
-/** One getStats() reading: round trip, the audio jitter buffer, loss and concealment. */
-export async function readStats(pc) {
+/**
+ * One getStats() reading: round trip, the audio jitter buffer, loss, concealment and playout. `previous`
+ * (kept by the caller between readings) lets playout be the last window's, not the call's average.
+ */
+export async function readStats(pc, previous = {}) {
   const report = await pc.getStats();
   let pairId = null;
   let inbound = null;
@@ -159,11 +162,16 @@ export async function readStats(pc) {
   }
   if (inbound) {
     if (inbound.jitterBufferEmittedCount) {
-      stats.jitterBufferMs = Math.round((inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000);
+      // over the window since the last reading where it emitted anything, else over the call: what the
+      // buffer holds now (Firefox starts a call with ~2 s in it and drains it slowly)
+      const last = previous.inbound;
+      const emitted = inbound.jitterBufferEmittedCount - (last?.jitterBufferEmittedCount ?? 0);
+      const window = emitted > 0 && last ? last : {};
+      const perSample = (key) => Math.round(((inbound[key] - (window[key] ?? 0)) / (inbound.jitterBufferEmittedCount - (window.jitterBufferEmittedCount ?? 0))) * 1000);
+      stats.jitterBufferMs = perSample("jitterBufferDelay");
       // what the browser aimed for: above the delay it kept, it is still filling; below, draining
-      if (typeof inbound.jitterBufferTargetDelay === "number") {
-        stats.jitterBufferTargetMs = Math.round((inbound.jitterBufferTargetDelay / inbound.jitterBufferEmittedCount) * 1000);
-      }
+      if (typeof inbound.jitterBufferTargetDelay === "number") stats.jitterBufferTargetMs = perSample("jitterBufferTargetDelay");
+      previous.inbound = inbound;
     }
     stats.packetsLost = inbound.packetsLost ?? 0;
     stats.packetsReceived = inbound.packetsReceived ?? 0;
@@ -174,7 +182,34 @@ export async function readStats(pc) {
     if (typeof inbound.jitter === "number") stats.jitterMs = Math.round(inbound.jitter * 1000);
   }
   // The browser's own share after the jitter buffer: from the decoder to the speakers (Chromium's
-  // media-playout; Firefox reports none)
-  if (playout?.totalSamplesCount) stats.playoutMs = Math.round((playout.totalPlayoutDelay / playout.totalSamplesCount) * 1000);
+  // media-playout). null: this browser reports none (Firefox), which the panel shows as "n/a".
+  if (playout?.totalSamplesCount) {
+    const samples = playout.totalSamplesCount - (previous.playout?.totalSamplesCount ?? 0);
+    const delay = playout.totalPlayoutDelay - (previous.playout?.totalPlayoutDelay ?? 0);
+    // over the last reading's window where there was one (a call's start weighs on the average)
+    stats.playoutMs = Math.round((samples > 0 ? delay / samples : playout.totalPlayoutDelay / playout.totalSamplesCount) * 1000);
+    previous.playout = playout;
+  } else if (inbound) {
+    stats.playoutMs = null;
+  }
   return stats;
+}
+
+/**
+ * The browser's share before the network and at the speaker, from what it reports outside getStats:
+ * capture, the microphone track's own latency (MediaStreamTrack `stats`, Chromium: from the device to
+ * the track, averaged since the last reading; null where the browser has none, Firefox), and the
+ * output device's latency (the page's AudioContext `outputLatency`, both browsers).
+ */
+export function readLocalShare(track, context) {
+  const share = { captureMs: null, outputLatencyMs: null };
+  const trackStats = track?.stats;
+  if (trackStats && typeof trackStats.averageLatency === "number") {
+    share.captureMs = roundMs(trackStats.averageLatency / 1000); // the spec's unit is milliseconds
+    trackStats.resetLatency?.();
+  }
+  if (context && typeof context.outputLatency === "number" && context.state === "running") {
+    share.outputLatencyMs = roundMs(context.outputLatency);
+  }
+  return share;
 }
