@@ -307,6 +307,7 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
                 f"{fmt(r['mouth_to_ear_ms']['p95'])} | {fmt(r['jitter_buffer_ms'])} | "
                 f"{fmt(r['jitter_target_ms'])} | {fmt(r['concealed_pct'], 2)} |"
                 for r in results["browser"]
+                if "error" not in r  # a call that failed is in the JSON, with its error
             ),
             "",
         ]
