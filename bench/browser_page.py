@@ -20,8 +20,10 @@ RATE = 48000
 BURST_S = 0.02
 # Unequal gaps between bursts (each over the detector's 0.2 s of quiet), so that a burst's echo cannot
 # be taken for another's however long the delay: see mouth_to_ear.
-GAPS_S = (0.35, 0.5, 0.65, 0.45, 0.6, 0.4, 0.55)
+GAPS_S = (0.35, 0.3, 0.5, 0.7, 0.65, 0.4, 0.55)
 MAX_DELAY_S = 3.0
+PATTERN_TOLERANCE_S = 0.06  # three gaps' summed error: any two triples of GAPS_S differ by 0.34 s or more
+assert MAX_DELAY_S < sum(GAPS_S)
 
 
 @dataclass(frozen=True)
@@ -182,29 +184,45 @@ def burst_wav(path: Path) -> None:
         out.writeframes(burst_pcm())
 
 
+def _positions(onsets: np.ndarray, scales: tuple[float, float]) -> list[int | None]:
+    """Where in GAPS_S each onset is: the k whose three gaps GAPS_S[k:k+3] have the shape of the
+    onset's next three, stretched by a factor in `scales`; None where none fits (a burst missed)."""
+    n = len(GAPS_S)
+    triples = [np.array([GAPS_S[(k + t) % n] for t in range(3)]) for k in range(n)]
+    out: list[int | None] = []
+    for i in range(onsets.size):
+        found = None
+        if i + 3 < onsets.size:
+            gaps = np.diff(onsets[i : i + 4])
+            for k, triple in enumerate(triples):
+                scale = float(gaps @ triple / (triple @ triple))
+                if (
+                    scales[0] <= scale <= scales[1]
+                    and np.abs(scale * triple - gaps).sum() < PATTERN_TOLERANCE_S
+                ):
+                    found = k
+        out.append(found)
+    return out
+
+
 def mouth_to_ear(onsets: dict[str, list[float]]) -> list[float]:
     """Each microphone onset's delay to its own burst's onset on the remote track.
 
-    The bursts' gaps differ, so only the true delay lines many microphone onsets up with remote ones:
-    that delay (the mode of every remote-minus-microphone difference up to MAX_DELAY_S) finds each
-    burst's echo, which is then the remote onset within half the shortest gap of it. With equal gaps a
-    delay longer than one gap (Firefox's first seconds) would pair a burst with an earlier one's echo.
+    The gaps between bursts differ (GAPS_S) so that any three in a row have a shape no other three
+    have, even as a jitter buffer that fills or drains plays them stretched or squeezed (0.75-1.1): each
+    onset on either side is placed in the sequence, and a burst's echo is the next remote onset at the
+    same place, within MAX_DELAY_S (the sequence repeats every 3.45 s). With equal gaps a delay over one
+    gap paired a burst with an earlier one's echo. A missed burst leaves bursts unpaired.
     """
     mic, remote = np.asarray(onsets["mic"]), np.asarray(onsets["remote"])
-    if not mic.size or not remote.size:
-        return []
-    diffs = (remote[None, :] - mic[:, None]).ravel()
-    diffs = diffs[(diffs > 0) & (diffs < MAX_DELAY_S)]
-    if not diffs.size:
-        return []
-    counts, edges = np.histogram(diffs, bins=np.arange(0.0, MAX_DELAY_S + 0.01, 0.01))
-    lag = float(edges[int(np.argmax(counts))])
-    tolerance = min(GAPS_S) / 2
+    sent, heard = _positions(mic, (0.97, 1.03)), _positions(remote, (0.75, 1.1))
     out = []
-    for sent in mic:
-        near = remote[np.abs(remote - sent - lag) < tolerance]
-        if near.size:
-            out.append(float(near[0] - sent))
+    for t, k in zip(mic, sent, strict=True):
+        if k is None:
+            continue
+        later = [float(r) for r, h in zip(remote, heard, strict=True) if h == k and t < r < t + MAX_DELAY_S]
+        if later:
+            out.append(later[0] - float(t))
     return out
 
 
@@ -224,6 +242,7 @@ def row(
         **extra,
         "bursts": len(values),  # paired; of these onsets on each side
         "onsets": {side: len(result["onsets"][side]) for side in ("mic", "remote")},
+        "onset_times_s": {side: [round(t, 4) for t in result["onsets"][side]] for side in ("mic", "remote")},
         "mouth_to_ear_ms": {
             "p50": _round(np.percentile(ms, 50)) if ms else None,
             "p95": _round(np.percentile(ms, 95)) if ms else None,
