@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.browser_page import (
-    MEASURE_JS,
+    FINISH_JS,
     MUNGE_JS,
     SETTINGS,
+    START_JS,
     TARGET_JS,
     Setting,
     burst_pcm,
@@ -126,7 +127,10 @@ async def one_call(
     stage[:] = ["settle"]
     await asyncio.sleep(settle_s)
     stage[:] = ["measure"]
-    result = await page.call(MEASURE_JS, seconds)
+    await page.call(START_JS)
+    await asyncio.sleep(seconds)
+    stage[:] = ["measure's end"]
+    result = await page.call(FINISH_JS)
     stage[:] = ["hang up"]
     await page.click("#hangup")
     await page.close()

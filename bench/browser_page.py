@@ -83,7 +83,10 @@ TARGET_JS = """(ms) => {
 }"""
 
 # One AudioContext taps the microphone track and the remote track: both onsets on its audio clock.
-MEASURE_JS = """async (seconds) => {
+# START_JS starts the taps and takes the first getStats() reading; FINISH_JS, `seconds` later, the
+# second, and stops. Two short scripts rather than one that waits: a Firefox script that waited 10 s
+# sometimes never returned to Marionette.
+START_JS = """async () => {
   const client = parleyDebug.client;
   const context = new AudioContext();
   await context.resume();
@@ -126,9 +129,12 @@ MEASURE_JS = """async (seconds) => {
   };
   const track = client.mic.getAudioTracks()[0];
   track.stats?.resetLatency?.();
-  const a = await read();
-  const started = performance.now();
-  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  window.benchMeasure = { context, onsets, nodes, read, track, a: await read(), started: performance.now() };
+  return true;
+}"""
+
+FINISH_JS = """async () => {
+  const { context, onsets, nodes, read, track, a, started } = window.benchMeasure;
   const b = await read();
   const elapsed = (performance.now() - started) / 1000;
   const capture = track.stats ? track.stats.averageLatency : null;

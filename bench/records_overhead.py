@@ -104,6 +104,7 @@ def measure(call_seconds: int = 600) -> dict[str, Any]:
     def everything() -> CallObserver:
         writes.clear()
         webhooks.clear()
+
         def submit(write: Write) -> bool:
             writes.append(write)
             return True

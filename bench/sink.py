@@ -1,6 +1,6 @@
 """A receiver for the records benchmark: answers every webhook POST and every OTLP/HTTP export 200.
 
-    python -m bench.sink PORT
+python -m bench.sink PORT
 """
 
 from __future__ import annotations
