@@ -211,6 +211,35 @@ def _positions(onsets: np.ndarray, scales: tuple[float, float]) -> list[int | No
     return out
 
 
+def _by_common_delay(mic: np.ndarray, remote: np.ndarray) -> list[float]:
+    """The fallback pairing: the most common remote-minus-microphone difference (10 ms bins, up to
+    MAX_DELAY_S) is the delay, and each burst's echo the remote onset within half the shortest gap of
+    it. Right while the delay holds steady; wrong pairs where it drifts by more than that."""
+    diffs = (remote[None, :] - mic[:, None]).ravel()
+    diffs = diffs[(diffs > 0) & (diffs < MAX_DELAY_S)]
+    if not diffs.size:
+        return []
+    counts, edges = np.histogram(diffs, bins=np.arange(0.0, MAX_DELAY_S + 0.01, 0.01))
+    lag = float(edges[int(np.argmax(counts))])
+    out = []
+    for sent in mic:
+        near = remote[np.abs(remote - sent - lag) < min(GAPS_S) / 2]
+        if near.size:
+            out.append(float(near[0] - sent))
+    return out
+
+
+def pair(onsets: dict[str, list[float]]) -> tuple[str, list[float]]:
+    """(how, mouth-to-ear of each burst paired): by the bursts' shape (mouth_to_ear) where that pairs
+    at least half the microphone's bursts; else by the common delay (Firefox's microphone track, its
+    echo canceller facing the same tone on the far end, loses about a third of the bursts, and with
+    them most intact runs of four)."""
+    shaped = mouth_to_ear(onsets)
+    if 2 * len(shaped) >= len(onsets["mic"]) - 3:
+        return "shape", shaped
+    return "common delay", _by_common_delay(np.asarray(onsets["mic"]), np.asarray(onsets["remote"]))
+
+
 def mouth_to_ear(onsets: dict[str, list[float]]) -> list[float]:
     """Each microphone onset's delay to its own burst's onset on the remote track.
 
@@ -239,14 +268,15 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 def row(
     browser: str, setting: Setting, round_no: int, result: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    values = mouth_to_ear(result["onsets"])
+    pairing, values = pair(result["onsets"])
     ms = [v * 1000 for v in values]
     return {
         "browser": browser,
         "setting": setting.name,
         "round": round_no,
         **extra,
-        "bursts": len(values),  # paired; of these onsets on each side
+        "bursts": len(values),  # paired (how: `pairing`); of these onsets on each side
+        "pairing": pairing,
         "onsets": {side: len(result["onsets"][side]) for side in ("mic", "remote")},
         "onset_times_s": {side: [round(t, 4) for t in result["onsets"][side]] for side in ("mic", "remote")},
         "mouth_to_ear_ms": {
