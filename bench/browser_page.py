@@ -138,7 +138,6 @@ FINISH_JS = """async () => {
   const b = await read();
   const elapsed = (performance.now() - started) / 1000;
   const capture = track.stats ? track.stats.averageLatency : null;
-  const outputLatency = context.outputLatency ?? null;
   nodes.forEach((n) => { n.onaudioprocess = null; });
   context.close();
   const d = (key, s = "inbound") => (b[s]?.[key] ?? 0) - (a[s]?.[key] ?? 0);
@@ -153,7 +152,6 @@ FINISH_JS = """async () => {
     jitterMinimumMs: has("jitterBufferMinimumDelay") ? perSample("jitterBufferMinimumDelay") : null,
     playoutMs: playoutSamples ? (1000 * d("totalPlayoutDelay", "playout")) / playoutSamples : null,
     captureMs: capture,
-    outputLatencyMs: outputLatency === null ? null : 1000 * outputLatency,
     concealed: d("concealedSamples"),
     samples: d("totalSamplesReceived"),
     lost: d("packetsLost"),
@@ -288,7 +286,6 @@ def row(
         "jitter_minimum_ms": _round(result["jitterMinimumMs"]),
         "playout_ms": _round(result["playoutMs"]),
         "capture_ms": _round(result["captureMs"], 2),
-        "output_latency_ms": _round(result["outputLatencyMs"]),
         "concealed_pct": round(100 * result["concealed"] / max(1, result["samples"]), 2),
         "packets_lost": result["lost"],
         "packets_sent_per_s": _round(result["sentPerSecond"]),

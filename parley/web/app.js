@@ -38,7 +38,6 @@ function showStats(stats) {
   $("jitter-target").textContent = typeof stats.jitterBufferTargetMs === "number" ? `target ${stats.jitterBufferTargetMs} ms` : "";
   $("capture").textContent = share(stats.captureMs);
   $("playout").textContent = share(stats.playoutMs);
-  $("output-latency").textContent = typeof stats.outputLatencyMs === "number" ? `output device ${stats.outputLatencyMs} ms` : "";
   $("packets-lost").textContent = stats.packetsLost ?? "–";
   $("concealed").textContent = stats.concealedSamples === undefined
     ? "–" : `${stats.concealedSamples}${stats.concealedPct !== undefined ? ` (${stats.concealedPct} %)` : ""}`;

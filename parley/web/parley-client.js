@@ -286,7 +286,7 @@ export class ParleyClient extends CallConnection {
     if (!pc || pc.connectionState === "closed") return;
     if (this._statsPc !== pc) { this._statsPc = pc; this._statsPrevious = {}; } // a rejoin's new connection
     const track = this.mic?.getAudioTracks()[0];
-    this.stats = { ...this.stats, ...(await readStats(pc, this._statsPrevious)), ...readLocalShare(track, this.context) };
+    this.stats = { ...this.stats, ...(await readStats(pc, this._statsPrevious)), ...readLocalShare(track) };
     this._publishStats();
     if (pc === this.pc) this._watchMedia(this.stats.packetsReceived);
   }

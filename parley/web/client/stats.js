@@ -196,20 +196,18 @@ export async function readStats(pc, previous = {}) {
 }
 
 /**
- * The browser's share before the network and at the speaker, from what it reports outside getStats:
- * capture, the microphone track's own latency (MediaStreamTrack `stats`, Chromium: from the device to
- * the track, averaged since the last reading; null where the browser has none, Firefox), and the
- * output device's latency (the page's AudioContext `outputLatency`, both browsers).
+ * The browser's share before the network, from what it reports outside getStats: capture, the
+ * microphone track's own latency (MediaStreamTrack `stats`, Chromium: from the device to the track,
+ * averaged since the last reading; null where the browser has none, Firefox). The AudioContext's
+ * `outputLatency` is not read: with the page reading it every second, Firefox on PulseAudio stopped
+ * answering (docs/benchmarks.md).
  */
-export function readLocalShare(track, context) {
-  const share = { captureMs: null, outputLatencyMs: null };
+export function readLocalShare(track) {
+  const share = { captureMs: null };
   const trackStats = track?.stats;
   if (trackStats && typeof trackStats.averageLatency === "number") {
     share.captureMs = roundMs(trackStats.averageLatency / 1000); // the spec's unit is milliseconds
     trackStats.resetLatency?.();
-  }
-  if (context && typeof context.outputLatency === "number" && context.state === "running") {
-    share.outputLatencyMs = roundMs(context.outputLatency);
   }
   return share;
 }
