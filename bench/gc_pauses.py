@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import LOAD_CPU, PY, ROOT, SERVER_CPU, Server, loadgen, log, pin
+from bench.loop_ab import external_emulator
+from bench.run import PY, ROOT, SERVER_CPU, Server, loadgen, log, pin
 
 PORT = 18651
-EMULATOR_PORT = 18652
 
 
 def probe(out: Path, unfreeze: bool, argv: list[str]) -> None:
@@ -80,23 +80,13 @@ def window(before: dict[str, Any], after: dict[str, Any], since: float) -> dict[
 def measure(calls: list[int], rounds: int, seconds: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as workdir:
-        certs = Path(workdir) / "certs"
-        emulator = subprocess.Popen(
-            [PY, "-m", "parley.cli", "emulator", "--port", str(EMULATOR_PORT), "--cert-dir", str(certs)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=pin(LOAD_CPU),
-        )
+        emulator, gemini_env = external_emulator(Path(workdir) / "certs")
         try:
-            deadline = time.monotonic() + 30
-            while not (certs / "ca.pem").exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
             for n in calls:
                 for r in range(rounds):
                     for heap in ("frozen", "unfrozen"):
                         log(f"gc pauses: {n} calls, heap {heap}, round {r + 1}")
-                        row = one_run(Path(workdir), certs, n, seconds, heap == "unfrozen")
+                        row = one_run(Path(workdir), gemini_env, n, seconds, heap == "unfrozen")
                         rows.append({"calls": n, "heap": heap, "round": r + 1, **row})
                         print(json.dumps(rows[-1]), flush=True)
         finally:
@@ -105,14 +95,14 @@ def measure(calls: list[int], rounds: int, seconds: float) -> list[dict[str, Any
     return rows
 
 
-def one_run(workdir: Path, certs: Path, calls: int, seconds: float, unfreeze: bool) -> dict[str, Any]:
+def one_run(
+    workdir: Path, gemini_env: dict[str, str], calls: int, seconds: float, unfreeze: bool
+) -> dict[str, Any]:
     out = workdir / "pauses.json"
     out.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "GOOGLE_API_KEY"}
+    env.update(gemini_env)
     env.update(
-        GEMINI_API_KEY="bench-not-a-key",
-        GOOGLE_GEMINI_BASE_URL=f"https://127.0.0.1:{EMULATOR_PORT}",
-        SSL_CERT_FILE=str(certs / "ca.pem"),
         PARLEY_ICE_HOST_ADDRESSES="127.0.0.1",
         PARLEY_RATE_LIMIT="0",
         PARLEY_DATABASE_URL="none",
