@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import signal
@@ -19,7 +18,7 @@ import pytest
 from parley.emulator.server import GeminiEmulator
 from tests.test_fleet import ROOT, Fleet, RedisServer, free_port, redis_server
 from tests.test_profiles import post
-from tests.waiting import wait_until
+from tests.waiting import interrupt, wait_until
 
 __all__ = ["redis_server"]  # the fixture, used by name
 
@@ -144,9 +143,4 @@ async def test_sighup_reloads_the_agents_file_and_refuses_a_broken_one(tmp_path:
         assert (await post_offer(url, "?agent=billing"))[0] == 201
         assert proc.returncode is None  # SIGHUP reloads, it does not stop the server
     finally:
-        proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 20)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await interrupt(proc)

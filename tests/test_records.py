@@ -36,7 +36,7 @@ from parley.server import Running, start
 from tests.conftest import make_settings
 from tests.postgres import Postgres
 from tests.test_lifecycle import ROOT, free_port
-from tests.waiting import wait_until
+from tests.waiting import interrupt, wait_until
 
 SPEECH = load_wav("tests/data/speech.wav")
 SPEECH_S = SPEECH.size / RATE
@@ -413,8 +413,4 @@ async def test_the_call_of_a_killed_server_is_ended_as_worker_lost_when_it_start
         assert [c["state"] for c in await listed() if c["id"] == call_id] == ["ended"]
         assert time.time() - killed_at < 120
     finally:
-        process.send_signal(signal.SIGINT)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 20)
-        if process.returncode is None:
-            process.kill()
+        await interrupt(process)
