@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import fractions
+import itertools
 import json
 import random
 import sys
@@ -83,6 +84,7 @@ class BenchCall:
         self.url = url.rstrip("/") + "/"
         self.camera = PacketCamera() if video else None
         self.pc = RTCPeerConnection(rtc_configuration([]))
+        self.downlink = DownlinkTap(self._on_pcm)
         self.mic = PacketMic(signal)
         self.record = record
         self.loss = loss
@@ -117,7 +119,7 @@ class BenchCall:
         pc = self.pc
         pc.addTrack(self.mic)
         transceiver = pc.getTransceivers()[0]
-        tap_receiver(transceiver.receiver, OpusUplink(self._on_pcm, sample_rate=16000))
+        tap_receiver(transceiver.receiver, self.downlink)
         if self.camera is not None:
             self.camera.listen(pc.addTrack(self.camera))
 
@@ -191,8 +193,22 @@ class BenchCall:
         return out
 
     def frame_rate(self, start: float, end: float) -> float:
-        arrivals = np.asarray(self.arrivals)
-        return float(np.count_nonzero((arrivals >= start) & (arrivals < end)) / (end - start))
+        """20 ms frames of the agent's stream that came a second over [start, end): 50 for a server that
+        keeps real time. A DTX packet counts as the silent frames it stands for, up to the sender's
+        400 ms rhythm (20 frames), each at the time it would have played; silence a stalled server
+        skipped does not count."""
+        packets = self.downlink.packets
+        if not packets:
+            return 0.0
+        arrivals = np.array([at for at, _, _ in packets])
+        frames = np.ones(len(packets))
+        for i, ((_, stamp, dtx), (_, next_stamp, _)) in enumerate(itertools.pairwise(packets)):
+            if dtx:
+                frames[i] = max(1, min(DTX_FRAMES, ((next_stamp - stamp) & 0xFFFFFFFF) // 960))
+        offsets = np.arange(DTX_FRAMES) * 0.02
+        play = arrivals[:, None] + offsets[None, :]
+        counted = (offsets[None, :] < frames[:, None] * 0.02 - 0.001) & (play >= start) & (play < end)
+        return float(np.count_nonzero(counted) / (end - start))
 
     def speech_snr(self, signal: TestSignal, start: float, end: float) -> list[float]:
         """SNR (dB) of each sentence that came back, against the clean 16 kHz copy."""
@@ -212,6 +228,24 @@ class BenchCall:
                 continue
             out.append(snr_db(ref, window[lag : lag + ref.size]))
         return out
+
+
+# A DTX packet stands for itself and the silent frames after it, one packet every 400 ms.
+DTX_FRAMES = 20
+
+
+class DownlinkTap(OpusUplink):
+    """The agent's stream, decoded as it arrives (16 kHz), with each packet's arrival, RTP timestamp and
+    whether it was DTX (at most 2 bytes: RFC 6716's TOC-only frame), for `frame_rate`."""
+
+    def __init__(self, sink: Any) -> None:
+        super().__init__(sink, sample_rate=16000)
+        self.packets: list[tuple[float, int, bool]] = []
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        payload = getattr(packet, "_data", packet.payload)
+        self.packets.append((time.monotonic(), packet.timestamp, len(payload) <= 2))
+        return super().add(packet)
 
 
 async def ramped(connect: Any, call: BenchCall, delay_s: float) -> None:

@@ -131,17 +131,33 @@ class MicrophoneTrack(MediaStreamTrack):
 
 @dataclass
 class Heard:
-    """Everything received, as 48 kHz samples, with each packet's arrival time and loudness."""
+    """Everything received, as 48 kHz samples, with each packet's arrival time and loudness. Silence the
+    agent did not send (DTX) is filled in where the stream's RTP clock says it was."""
 
     chunks: list[np.ndarray] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     levels: list[float] = field(default_factory=list)
+    length: int = 0  # samples, the filled-in silence included
 
-    def add(self, pcm: bytes, arrived_at: float) -> None:
-        samples = np.frombuffer(pcm, dtype="<i2").copy()
+    def add(self, pcm: bytes, arrived_at: float, at: int | None = None) -> None:
+        """`pcm` heard at `arrived_at`, starting at sample `at` of the recording (default: its end)."""
+        if at is not None:
+            self.fill_to(at, arrived_at)
+        self._append(np.frombuffer(pcm, dtype="<i2").copy(), arrived_at)
+
+    def fill_to(self, at: int, until: float) -> None:
+        """Silence up to sample `at`, in 20 ms frames, each as if it had come when it would have played
+        (the last at `until`)."""
+        frames = -(-(at - self.length) // FRAME)
+        for k in range(frames):
+            silence = np.zeros(min(FRAME, at - self.length), np.int16)
+            self._append(silence, until - (frames - 1 - k) * 0.02)
+
+    def _append(self, samples: np.ndarray, arrived_at: float) -> None:
         self.chunks.append(samples)
         self.arrivals.append(arrived_at)
-        self.levels.append(dbfs(samples))
+        self.levels.append(dbfs(samples) if samples.any() else -120.0)
+        self.length += samples.size
 
     def samples(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
@@ -189,6 +205,7 @@ class Caller:
         self.pc = RTCPeerConnection(configuration)
         self.mic = MicrophoneTrack()
         self.heard = Heard()
+        self.downlink: OpusUplink | None = None
         self.events: list[dict[str, Any]] = []
         self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.call_url: str | None = None
@@ -220,7 +237,12 @@ class Caller:
         channel.on("message", self._on_event)
         pc.on("connectionstatechange", self._on_state)
         transceiver = pc.getTransceivers()[0]
-        tap_receiver(transceiver.receiver, OpusUplink(self.heard.add, sample_rate=RATE))
+        # The agent's stream, decoded as it arrives; its RTP clock (48 kHz, as RATE) places each packet.
+        base = self.heard.length
+        downlink = self.downlink = OpusUplink(
+            lambda pcm, at: self.heard.add(pcm, at, base + downlink.stats.rtp_span), sample_rate=RATE
+        )
+        tap_receiver(transceiver.receiver, downlink)
         started = time.monotonic()
         await pc.setLocalDescription(await pc.createOffer())
         self._session = aiohttp.ClientSession()
@@ -285,6 +307,15 @@ class Caller:
     def say(self, samples: np.ndarray) -> None:
         self.mic.say(samples)
 
+    def hear_silence_until_now(self) -> None:
+        """Fill in the silence since the agent's last packet, as far as its DTX rhythm (a packet every
+        0.4 s) vouches for: a stream in DTX is only known to be silent up to its next packet."""
+        if not self.heard.arrivals:
+            return
+        now = time.monotonic()
+        frames = int(min(now - self.heard.arrivals[-1], 0.4) / 0.02)
+        self.heard.fill_to(self.heard.length + frames * FRAME, now)
+
     async def wait_for_event(self, kind: str, timeout_s: float, after: int = 0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -301,6 +332,7 @@ class Caller:
             return result
 
     async def hang_up(self) -> int | None:
+        self.hear_silence_until_now()
         status = None
         if self._session is not None and self.call_url is not None:
             with contextlib.suppress(aiohttp.ClientError):
@@ -333,7 +365,8 @@ class Caller:
             "answer_ms": round(self.timings.get("answer_ms", 0.0), 1),
             "connect_ms": round(self.timings.get("connect_ms", 0.0), 1),
             "frames_sent": self.mic.frames_sent,
-            "frames_received": len(self.heard.chunks),
+            "frames_received": self.downlink.stats.packets if self.downlink else 0,
+            "audio_s_received": round(self.heard.length / RATE, 2),
             "packets_dropped": self.packets_dropped,
             "turns": self.turns(),
             "events": [{k: v for k, v in e.items() if k != "received_at"} for e in self.events],

@@ -271,11 +271,11 @@ async def fleet(redis_server: RedisServer, emulator: GeminiEmulator, tmp_path: P
 
 
 async def frames_keep_coming(caller: Caller, seconds: float = 2.0) -> bool:
-    # A live call sends 50 frames a second; a busy worker skips the silence a stall missed, so judge
-    # only that frames keep coming, not their exact count.
-    before = len(caller.heard.chunks)
+    # A live call's stream keeps time (its silence as DTX packets, 400 ms apart); a busy worker skips
+    # the silence a stall missed, so judge only that the stream keeps coming, not its exact length.
+    before = caller.heard.length
     await asyncio.sleep(seconds)
-    return len(caller.heard.chunks) - before > seconds * 50 * 0.25
+    return (caller.heard.length - before) / 48000 > seconds * 0.25
 
 
 async def is_answered(caller: Caller) -> None:

@@ -107,7 +107,7 @@ def test_parley_call_against_parley_serve(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout)
-        assert summary["connect_ms"] > 0 and summary["frames_sent"] > 400 and summary["frames_received"] > 400
+        assert summary["connect_ms"] > 0 and summary["frames_sent"] > 400 and summary["audio_s_received"] > 8
         assert summary["hangup_status"] == 204
         assert summary["turns"][0]["response_ms"] is not None
         _, match = best_alignment(load_wav("tests/data/speech.wav"), load_wav(str(record)))

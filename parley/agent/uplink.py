@@ -29,6 +29,8 @@ MAX_CONCEALED_FRAMES = 5
 # is a flood.
 FLOOD_BURST_S = 1.0
 FLOOD_RATE = 1.5
+# A jump of the RTP clock beyond this is a new stream (a restarted sender), not time that passed.
+MAX_RTP_STEP = 48000 * 10
 
 PcmSink = Callable[[bytes, float], None]
 
@@ -42,6 +44,9 @@ class UplinkStats:
     decode_errors: int = 0
     flood_dropped: int = 0
     last_packet_at: float = 0.0
+    # How far the sender's RTP clock (48 kHz for Opus) moved over the packets taken: the stream's length
+    # in time, which packet counts are not when the sender uses DTX (a packet every 400 ms in silence).
+    rtp_span: int = 0
 
 
 class OpusUplink:
@@ -52,6 +57,7 @@ class OpusUplink:
         self._rate = sample_rate
         self._decoder = opuslib.Decoder(sample_rate, 1)
         self._expected_seq: int | None = None
+        self._last_timestamp: int | None = None
         self._frame_samples = sample_rate // 50
         self._max_frame_samples = sample_rate * 120 // 1000  # Opus packets carry at most 120 ms
         self._flood_guard = flood_guard
@@ -74,6 +80,11 @@ class OpusUplink:
             if ahead:
                 self._fill_gap(ahead, payload, arrival)
         self._expected_seq = (seq + 1) & 0xFFFF
+        if self._last_timestamp is not None:
+            step = (packet.timestamp - self._last_timestamp) & 0xFFFFFFFF
+            if step < MAX_RTP_STEP:
+                self.stats.rtp_span += step
+        self._last_timestamp = packet.timestamp
         self.stats.packets += 1
         if payload and (not self._flood_guard or self._within_budget(payload, arrival)):
             self._decode(payload, arrival)
