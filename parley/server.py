@@ -158,6 +158,7 @@ def call_options(settings: Settings) -> CallOptions:
         ice_servers=settings.ice_servers,
         no_media_timeout_s=settings.no_media_timeout_s,
         local_bargein=settings.local_bargein,
+        downlink_dtx=settings.downlink_dtx,
         send_silence=settings.send_silence,
         rejoin_grace_s=settings.rejoin_grace_s,
         max_duration_s=settings.max_call_seconds,

@@ -95,6 +95,7 @@ class Settings:
     no_media_timeout_s: float = 10.0
     max_calls: int = 0  # per process; 0: no limit
     local_bargein: bool = True
+    downlink_dtx: bool = False
     send_silence: bool = True
     context_compression: bool = True
     resend_buffer_s: float = 15.0
@@ -172,6 +173,7 @@ class Settings:
         s.no_media_timeout_s = _env_float("PARLEY_NO_MEDIA_TIMEOUT", s.no_media_timeout_s)
         s.max_calls = int(_env_float("PARLEY_MAX_CALLS", s.max_calls))
         s.local_bargein = _env_bool("PARLEY_LOCAL_BARGEIN", s.local_bargein)
+        s.downlink_dtx = _env_bool("PARLEY_DOWNLINK_DTX", s.downlink_dtx)
         s.send_silence = _env_bool("PARLEY_SEND_SILENCE", s.send_silence)
         s.context_compression = _env_bool("PARLEY_CONTEXT_COMPRESSION", s.context_compression)
         s.resend_buffer_s = _env_float("PARLEY_RESEND_BUFFER_S", s.resend_buffer_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -161,3 +162,61 @@ def test_settled_digital_silence_is_sent_as_one_reused_packet_and_speech_after_i
     ours_snr = snr_db(original, ours[start : start + original.size])
     theirs_snr = snr_db(original, theirs[start : start + original.size])
     assert ours_snr > 10 and ours_snr > theirs_snr - 0.5, (ours_snr, theirs_snr)
+
+
+async def test_settled_silence_goes_out_as_dtx_every_400_ms_and_the_next_reply_at_once() -> None:
+    import opuslib
+
+    from parley.agent.downlink import DTX_REFRESH_S, PLAYOUT_RATE, MonoOpusEncoder
+    from parley.caller import load_wav
+    from tests.audio import snr_db
+
+    speech = load_wav("tests/data/speech.wav")[: PLAYOUT_RATE // 2]  # 0.5 s, 48 kHz mono
+    buffer = PlayoutBuffer()
+    track = PlayoutTrack(buffer, encoder=MonoOpusEncoder(), dtx=True)
+    sent: list[tuple[float, int, bytes]] = []  # (sent at, pts, payload)
+
+    async def receive_until(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            packet = await track.recv()
+            sent.append((time.monotonic(), int(packet.pts), bytes(packet)))
+
+    buffer.push(speech, time.monotonic())
+    await receive_until(2.0)  # the reply, the silence settling, then DTX
+    dtx = [(at, pts) for at, pts, payload in sent if len(payload) == 1]
+    assert len(dtx) >= 3, [len(p) for _, _, p in sent]
+    first_dtx = next(i for i, (_, _, payload) in enumerate(sent) if len(payload) == 1)
+    assert first_dtx <= 25 + 20  # 25 frames of speech, the encoder's tail, then DTX at once
+    # while in DTX only one packet per DTX_REFRESH_S leaves, and the RTP clock keeps wall time
+    for (at, pts), (next_at, next_pts) in itertools.pairwise(dtx):
+        assert next_pts - pts == round((next_pts - pts) / FRAME_SAMPLES) * FRAME_SAMPLES
+        assert DTX_REFRESH_S - 0.03 < next_at - at < DTX_REFRESH_S + 0.3
+        assert abs((next_pts - pts) / PLAYOUT_RATE - (next_at - at)) < 0.03
+    in_dtx = [s for s in sent if s[0] >= dtx[0][0]]
+    assert all(len(payload) == 1 for _, _, payload in in_dtx)
+
+    # the next reply leaves the moment it comes, not at the next refresh
+    await_from = time.monotonic()
+    buffer.push(speech, time.monotonic())
+    reply = await track.recv()
+    assert time.monotonic() - await_from < 0.05
+    assert len(bytes(reply)) > 10
+    last_at, last_pts, _ = sent[-1]
+    assert abs((int(reply.pts) - last_pts) / PLAYOUT_RATE - (time.monotonic() - last_at)) < 0.03
+    sent.append((time.monotonic(), int(reply.pts), bytes(reply)))
+    await receive_until(0.6)
+    assert track.frames_skipped > 50 and track.frames_sent < 25 + 25 + 45 + 10
+
+    # decoded by pts (a receiver plays DTX as silence), the second reply is as clean as the first
+    decoder = opuslib.Decoder(PLAYOUT_RATE, 1)
+    heard = np.zeros(sent[-1][1] + FRAME_SAMPLES, np.int16)
+    for _, pts, payload in sent:
+        heard[pts : pts + FRAME_SAMPLES] = np.frombuffer(decoder.decode(payload, FRAME_SAMPLES), np.int16)
+    delay = 120  # CELT's 2.5 ms look-ahead
+    original = speech[: -FRAME_SAMPLES]
+    first = snr_db(original, heard[delay : delay + original.size])
+    start = int(reply.pts) + delay
+    second = snr_db(original, heard[start : start + original.size])
+    assert first > 10 and second > first - 1.0, (first, second)
+    assert np.abs(heard[dtx[0][1] : dtx[-1][1]]).max() < 50  # the DTX stretch is silence

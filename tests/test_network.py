@@ -123,7 +123,7 @@ async def test_lossy_jittery_uplink_still_carries_speech(
     print(json.dumps({"link": link_stats, "server": server, "caller": summary, "match": match}))
     assert match > 0.6, f"the echo does not match what was said (correlation {match:.2f})"
     # no stall: audio kept coming to the caller all along
-    assert summary["frames_received"] > 0.85 * summary["frames_sent"], summary
+    assert summary["audio_s_received"] > 0.85 * summary["frames_sent"] / 50, summary
     assert server["end_reason"] == "hangup"
 
 
@@ -151,11 +151,11 @@ async def test_three_second_blackout_mid_call_recovers(
     heard = load_wav(heard_wav)
     _, match = best_alignment(SHORT, heard[-RATE * 3 :])
     print(json.dumps({"link": dark, "server": call.summary(), "caller": summary, "match": match}))
-    assert dark["up"]["dropped"] > 50 and dark["down"]["dropped"] > 50, dark  # it really was dark
+    assert dark["up"]["dropped"] > 50 and dark["down"]["dropped"] > 5, dark  # dark (down: DTX, 2.5 a second)
     # both sentences were answered, the second one after the outage, and that answer was heard
     assert call.turns == 2, call.summary()
     assert summary["turns"][0]["response_ms"] is not None, summary["turns"]  # (the WAV is one utterance)
-    assert summary["frames_received"] > 0.6 * summary["frames_sent"], summary
+    assert summary["audio_s_received"] > 0.6 * summary["frames_sent"] / 50, summary
     assert match > 0.6, f"the answer after the outage does not match (correlation {match:.2f})"
 
 

@@ -45,6 +45,8 @@ class CallOptions:
     no_media_timeout_s: float = 10.0
     # Stop the agent as soon as the local detector hears the user, before Gemini's `interrupted`.
     local_bargein: bool = True
+    # Opus DTX on the downlink: settled silence goes out as one DTX packet every 400 ms, not 50 a second.
+    downlink_dtx: bool = False
     # False: stop streaming after a pause (audioStreamEnd) and resume with a pre-roll, to save cost.
     send_silence: bool = True
     pause_after_s: float = 1.0
@@ -121,7 +123,8 @@ class Call:
         return self._end_reason
 
     def _new_track(self) -> PlayoutTrack:
-        return PlayoutTrack(self.playout_buffer, self._on_playout_started, MonoOpusEncoder(), self._tap_agent)
+        encoder, dtx = MonoOpusEncoder(), self.options.downlink_dtx
+        return PlayoutTrack(self.playout_buffer, self._on_playout_started, encoder, self._tap_agent, dtx=dtx)
 
     def _move(self, state: CallState) -> None:
         moved = state is not self.state
@@ -277,6 +280,7 @@ class Call:
         self._turn_interrupted = True
         started = time.monotonic()
         dropped = self.model_audio.interrupt()
+
         # measured to the first frame the track emits after the cut: silence leaving the agent
         def stopped() -> None:
             self.bargein_stop_s.append(time.monotonic() - started)

@@ -49,7 +49,11 @@ def media_summary(
             "audio_s_resent": round(stats.audio_bytes_resent / PCM_BYTES_PER_S, 2),
             "audio_s_dropped": round(stats.audio_bytes_dropped / PCM_BYTES_PER_S, 2),
         },
-        "downlink": {"frames": track.frames_sent, "silent_frames": track.silent_frames},
+        "downlink": {
+            "frames": track.frames_sent,
+            "silent_frames": track.silent_frames,
+            "dtx_skipped_frames": track.frames_skipped,
+        },
         "video": seen,
         "latency_ms": {name: percentiles(samples) for name, samples in latencies_s.items()},
         "gemini": {

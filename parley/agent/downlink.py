@@ -38,6 +38,9 @@ TRIM_MAX_S = 0.06  # at most this much at once (a burst of 3 frames), well below
 # A stream whose next chunk is late waits this long for it (the clock slips) before sending silence:
 # longer than a frame, so the concealment of a lost uplink packet (it comes with the next one) is in time.
 UNDERRUN_WAIT_S = 0.025
+# Discontinuous transmission: once the agent's silence has settled, one 1-byte Opus DTX packet goes out,
+# then one every DTX_REFRESH_S (libwebrtc's own Opus DTX rhythm), and nothing between them.
+DTX_REFRESH_S = 0.4
 # One frame of silence for every track (read-only: it is handed to the encoder and the recorder).
 SILENT_FRAME = np.zeros(FRAME_SAMPLES, np.int16)
 SILENT_FRAME.flags.writeable = False
@@ -183,6 +186,20 @@ class MonoOpusEncoder:
         self._silence: bytes | None = None  # the settled silence packet, while the silence lasts
         self.frames_reused = 0
 
+    @property
+    def settled(self) -> bool:
+        """The silence has settled: the last frame encoded was silent and came out as the repeating
+        silence packet, so the decoder's state is silence and nothing of the speech before is left."""
+        return self._silence is not None
+
+    def dtx_packet(self) -> bytes:
+        """An Opus DTX frame: the settled packet's TOC byte alone (RFC 6716 3.1, code 0, no frame
+        data). libwebrtc's receivers (Chromium, Firefox) take a packet of at most 2 bytes as DTX and play
+        comfort noise until the next packet, instead of concealing a loss; libopus decodes it as
+        concealment of silence, i.e. silence."""
+        assert self._silence is not None
+        return bytes([self._silence[0] & 0xFC])
+
     def encode(self, samples: np.ndarray) -> bytes:
         if samples.any():
             self._last_silent = self._silence = None
@@ -202,7 +219,11 @@ class PlayoutTrack(MediaStreamTrack):
 
     With an `encoder`, recv() returns each frame Opus-encoded (an av.Packet), which aiortc's sender
     passes straight to RTP. The first audio after silence goes out at once rather than at the next
-    tick, and slack that a late chunk left in the clock is given back (TRIM_KEEP_S)."""
+    tick, and slack that a late chunk left in the clock is given back (TRIM_KEEP_S).
+
+    With `dtx` (and an encoder), settled silence is not sent frame by frame: one DTX packet, then one
+    every DTX_REFRESH_S, the RTP clock running on between them (the agent is silent most of a call:
+    ~2.5 instead of 50 packets a second then, and none of the send path's work for the rest)."""
 
     kind = "audio"
 
@@ -212,6 +233,7 @@ class PlayoutTrack(MediaStreamTrack):
         on_chunk_started: Callable[[float], None] | None = None,
         encoder: MonoOpusEncoder | None = None,
         on_frame: Callable[[np.ndarray, int], None] | None = None,
+        dtx: bool = False,
     ) -> None:
         super().__init__()
         self.buffer = buffer
@@ -225,6 +247,9 @@ class PlayoutTrack(MediaStreamTrack):
         self._pts = 0
         self.frames_sent = 0
         self.silent_frames = 0
+        self.frames_skipped = 0  # silent frames not sent at all (DTX)
+        self._dtx = dtx and encoder is not None
+        self._dtx_sent_at: float | None = None  # the last DTX packet, while in DTX
         self._after_frame: list[Callable[[], None]] = []
 
     def after_next_frame(self, callback: Callable[[], None]) -> None:
@@ -238,6 +263,15 @@ class PlayoutTrack(MediaStreamTrack):
         if self._clock_start is None:
             self._clock_start = now - self._pts / PLAYOUT_RATE
         due = self._clock_start + self._pts / PLAYOUT_RATE
+        if self._dtx_sent_at is not None and self._idle and not self.buffer.queued:
+            # In DTX: nothing to send until audio comes or the next refresh is due.
+            await self.buffer.wait_for_audio(self._dtx_sent_at + DTX_REFRESH_S - now)
+            now = time.monotonic()
+            if now > due:
+                self._skip_silence(now, due)
+            else:  # audio came before the next tick: it goes out at once (clock moved up)
+                self._clock_start = now - self._pts / PLAYOUT_RATE
+            due = now
         if due > now:
             if self._idle and not self.buffer.queued:
                 # Nothing playing: audio that comes before the tick goes out at once (clock moved up).
@@ -249,7 +283,7 @@ class PlayoutTrack(MediaStreamTrack):
             # The loop stalled during silence: skip the silence it missed, in the RTP clock too. Sending
             # it late, or the next audio in a burst to catch up with the clock, made later chunks start
             # before they were due (a negative downlink latency) and the browser stretch the audio.
-            self._pts += round((now - due) * PLAYOUT_RATE)
+            self._skip_silence(now, due)
         elif now - due > MAX_LATENESS_S:
             self._clock_start = now - self._pts / PLAYOUT_RATE
         if not self._idle and not self.buffer.queued:
@@ -277,7 +311,13 @@ class PlayoutTrack(MediaStreamTrack):
             self._on_frame(samples, self._pts)
         frame: av.AudioFrame | av.Packet
         if self._encoder is not None:
-            frame = av.Packet(self._encoder.encode(samples))
+            payload = self._encoder.encode(samples)
+            if self._dtx and self._idle and self._encoder.settled:
+                payload = self._encoder.dtx_packet()
+                self._dtx_sent_at = time.monotonic()
+            else:
+                self._dtx_sent_at = None
+            frame = av.Packet(payload)
         else:
             frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = PLAYOUT_RATE
@@ -290,6 +330,16 @@ class PlayoutTrack(MediaStreamTrack):
             for callback in callbacks:
                 callback()
         return frame
+
+    def _skip_silence(self, now: float, due: float) -> None:
+        """Silence not sent (DTX, or a stalled loop) is skipped in the RTP clock, in whole frames (a
+        recording fills them in), and the clock is moved to `now` so the next frame goes out at once.
+        The skip is rounded up: the next packet then looks a little early to the browser's jitter
+        buffer, never late (a late-looking packet raises its target delay for a while)."""
+        frames = -(-int((now - due) * PLAYOUT_RATE) // FRAME_SAMPLES)
+        self._pts += frames * FRAME_SAMPLES
+        self.frames_skipped += frames
+        self._clock_start = now - self._pts / PLAYOUT_RATE
 
     def _trim(self, slack_s: float) -> None:
         """Chunks start `slack_s` later than they could: if even the least of a window is more than

@@ -156,6 +156,16 @@ async def server(server: Running) -> Running:
     return offers_on_loopback(server)
 
 
+# The audio inbound-rtp's counters, as a JavaScript async function (getStats names both browsers share).
+INBOUND_AUDIO = """async () => {
+    const stats = await parleyDebug.client.pc.getStats();
+    let found = null;
+    stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "audio") found = s; });
+    return found && {packets: found.packetsReceived, concealed: found.concealedSamples,
+                     total: found.totalSamplesReceived};
+}"""
+
+
 async def start_server(emulator: GeminiEmulator, **settings: Any) -> Running:
     """A server of its own (settings as make_settings takes them), answering loopback candidates only."""
     return offers_on_loopback(await start(make_settings(**settings), emulator=emulator))

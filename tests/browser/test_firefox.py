@@ -3,11 +3,18 @@ the same checks as the Chromium tests. One Firefox serves the module (tests/brow
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from parley.emulator.server import GeminiEmulator
 from parley.server import Running
-from tests.browser.conftest import SCREENSHOTS, assert_server_hears_nothing, cut_network
+from tests.browser.conftest import (
+    INBOUND_AUDIO,
+    SCREENSHOTS,
+    assert_server_hears_nothing,
+    cut_network,
+    start_server,
+)
 from tests.browser.firefox import Firefox, PulseMic
 from tests.browser.test_widget import HostSite, host_site, parley_for  # noqa: F401 - host_site: a fixture
 from tests.waiting import wait_until
@@ -191,3 +198,29 @@ async def test_firefox_page_follows_a_headset_plugged_in_mid_call_without_a_new_
     await firefox.click("#hangup")
     await wait_until(lambda: not server.worker.calls, 10, "the call to end on the server")
     assert firefox.page_errors(url) == []
+
+
+async def test_firefox_plays_a_dtx_downlink_without_concealing_it(
+    emulator: GeminiEmulator, firefox: Firefox
+) -> None:
+    running = await start_server(emulator, downlink_dtx=True)
+    try:
+        call_id = await call_from_page(firefox, f"http://127.0.0.1:{running.port}/")
+        ends = f"{CLIENT}.debug.events.filter((e) => e.type === 'agent_turn_end').length"
+        await firefox.wait_for(f"{ends} >= 1", 60, "the first answer")
+        first = await firefox.js(f"return {CLIENT}.debug.agentLoudMs;")
+        await firefox.wait_for(f"{ends} >= 2", 60, "the second answer, after a DTX silence")
+        await asyncio.sleep(0.5)
+        end = await firefox.js(f"return ({INBOUND_AUDIO})();")
+        second = await firefox.js(f"return {CLIENT}.debug.agentLoudMs;") - first
+        call = running.worker.calls[call_id]
+        seconds = call.summary()["seconds"]
+        assert call.track.frames_skipped > 100  # DTX was on: most of the silence was never sent
+        assert end["packets"] < 0.8 * 50 * seconds, (end, seconds)
+        assert end["concealed"] < 0.02 * end["total"], end
+        assert first > 500 and second > 0.6 * first, (first, second)  # the answer after DTX is heard whole
+        await firefox.click("#hangup")
+        await wait_until(lambda: not running.worker.calls, 10, "the call to end on the server")
+        assert firefox.page_errors(f"http://127.0.0.1:{running.port}/") == []
+    finally:
+        await running.stop()

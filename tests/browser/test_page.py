@@ -3,6 +3,7 @@ the latency panel, hang-up, the error states, and rejoining the same call after 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from playwright.async_api import Page, expect
@@ -11,6 +12,7 @@ from parley.caller import Caller
 from parley.emulator.server import GeminiEmulator
 from parley.server import Running
 from tests.browser.conftest import (
+    INBOUND_AUDIO,
     SCREENSHOTS,
     Pages,
     assert_server_hears_nothing,
@@ -169,3 +171,34 @@ async def test_page_rejoins_the_same_call_when_the_connection_fails(
     await page.get_by_role("button", name="Hang up").click()
     await wait_until(lambda: not server.worker.calls, 10, "the call to end on the server")
     assert server.worker.calls_ended == {"hangup": 1}
+
+
+
+async def test_page_plays_a_dtx_downlink_without_concealing_it(
+    emulator: GeminiEmulator, pages: Pages
+) -> None:
+    # PARLEY_DOWNLINK_DTX: the agent's settled silence comes as one DTX packet every 400 ms. Chromium
+    # must take it as silence (comfort noise), not as loss, and play the answer after it whole.
+    running = await start_server(emulator, downlink_dtx=True)
+    try:
+        page = await pages.open(f"http://127.0.0.1:{running.port}/")
+        await page.get_by_role("button", name="Call").click()
+        await wait_for_state(page, "in-call", 20)
+        ends = "parleyDebug.client.debug.events.filter((e) => e.type === 'agent_turn_end').length"
+        await page.wait_for_function(f"() => {ends} >= 1", timeout=60_000, polling=200)
+        first = await page.evaluate("parleyDebug.client.debug.agentLoudMs")
+        await page.wait_for_function(f"() => {ends} >= 2", timeout=60_000, polling=200)
+        await asyncio.sleep(0.5)
+        end = await page.evaluate(INBOUND_AUDIO)
+        second = await page.evaluate("parleyDebug.client.debug.agentLoudMs") - first
+        call = running.worker.calls[(await client_state(page))["callId"]]
+        seconds = call.summary()["seconds"]
+        assert call.track.frames_skipped > 100  # DTX was on: most of the silence was never sent
+        # far fewer than 50 packets a second reached the browser, and it concealed (almost) none of the gaps
+        assert end["packets"] < 0.8 * 50 * seconds, (end, seconds)
+        assert end["concealed"] < 0.02 * end["total"], end
+        assert first > 500 and second > 0.6 * first, (first, second)  # the answer after DTX is heard whole
+        await page.get_by_role("button", name="Hang up").click()
+        await wait_until(lambda: not running.worker.calls, 10, "the call to end on the server")
+    finally:
+        await running.stop()
