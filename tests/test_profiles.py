@@ -263,6 +263,7 @@ async def test_calls_that_may_not_start_get_their_error_and_start_nothing(
         ({}, "?agent=nobody", {}, 404, "no agent named 'nobody'"),
         ({"agent": "nobody"}, "", {}, 404, "no agent named 'nobody'"),
         ({}, "", {"Origin": "https://evil.example"}, 403, "not an allowed origin"),
+        ({}, "", {"Origin": "//["}, 403, "not an allowed origin"),  # not a URL: was a 500
         ({"agent": "support"}, "", {"Origin": "http://elsewhere.example"}, 403, "not an allowed origin"),
     ]
     for body, query, headers, status, message in refused:

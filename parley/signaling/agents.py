@@ -24,9 +24,13 @@ def cross_origin(request: web.Request) -> str | None:
     """The request's Origin when it is another site's; None for this server's own page or no browser.
     Same origin is judged on host and port only (a TLS-terminating proxy makes the scheme differ)."""
     origin = request.headers.get("Origin")
-    if origin is None or urlsplit(origin).netloc.lower() == request.host.lower():
+    if origin is None:
         return None
-    return origin
+    try:
+        host = urlsplit(origin).netloc
+    except ValueError:  # not a URL ("//[": an unclosed IPv6 bracket): no site's, so never this one's
+        return origin
+    return None if host.lower() == request.host.lower() else origin
 
 
 def origins_in_force(server_origins: Iterable[str], profiles: ProfileStore) -> Callable[[], set[str]]:
