@@ -24,6 +24,7 @@ test: test-system-deps $(VENV)/.dev-installed lint typecheck pytest
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy

@@ -90,9 +90,7 @@ class Server:
             self.process.kill()
 
 
-def start_server(
-    kind: str, port: int, extra_env: dict[str, str] | None = None, root: Path = ROOT
-) -> Server:
+def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None, root: Path = ROOT) -> Server:
     """`root`: the source tree the server runs from (bench/loop_ab.py runs older revisions)."""
     env = {
         **os.environ,

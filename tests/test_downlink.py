@@ -157,7 +157,7 @@ def test_settled_digital_silence_is_sent_as_one_reused_packet_and_speech_after_i
     silence = ours[60 * FRAME_SAMPLES : 150 * FRAME_SAMPLES]
     assert np.abs(silence).max() == 0
     delay = 120  # CELT low-delay look-ahead: 2.5 ms at 48 kHz
-    original = after.reshape(-1)[: -FRAME_SAMPLES]
+    original = after.reshape(-1)[:-FRAME_SAMPLES]
     start = 150 * FRAME_SAMPLES + delay
     ours_snr = snr_db(original, ours[start : start + original.size])
     theirs_snr = snr_db(original, theirs[start : start + original.size])
@@ -214,7 +214,7 @@ async def test_settled_silence_goes_out_as_dtx_every_400_ms_and_the_next_reply_a
     for _, pts, payload in sent:
         heard[pts : pts + FRAME_SAMPLES] = np.frombuffer(decoder.decode(payload, FRAME_SAMPLES), np.int16)
     delay = 120  # CELT's 2.5 ms look-ahead
-    original = speech[: -FRAME_SAMPLES]
+    original = speech[:-FRAME_SAMPLES]
     first = snr_db(original, heard[delay : delay + original.size])
     start = int(reply.pts) + delay
     second = snr_db(original, heard[start : start + original.size])

@@ -209,7 +209,6 @@ class _CallTotals(Collector):
         )
 
 
-
 async def sample_loop_lag(observe: Callable[[float], None], interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
     """Observe how late a timer fires, forever: the event loop's scheduling delay."""
     loop = asyncio.get_running_loop()

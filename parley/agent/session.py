@@ -19,8 +19,10 @@ class SessionListener(Protocol):
     def on_session_event(self, kind: str, detail: dict[str, Any]) -> None: ...
     def on_grounding(self, detail: dict[str, Any]) -> None:
         """An answer grounded with Google Search: its `sources` ({title, uri}) and `queries`."""
+
     def on_audio_sent(self, latency_s: float) -> None:
         """A chunk of caller audio left for the model `latency_s` after its first packet arrived."""
+
     def on_observed(self, kind: str, detail: dict[str, Any]) -> None:
         """For the call's observers only, never the caller: tool arguments and results, grounding."""
 

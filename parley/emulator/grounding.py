@@ -28,5 +28,5 @@ def grounding_metadata(query: str) -> dict[str, Any]:
     return {
         "webSearchQueries": [query],
         "groundingChunks": chunks,
-        "searchEntryPoint": {"renderedContent": f"<a href=\"{uri}\">{query[:60]}</a>"},
+        "searchEntryPoint": {"renderedContent": f'<a href="{uri}">{query[:60]}</a>'},
     }

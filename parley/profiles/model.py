@@ -144,4 +144,3 @@ def parse_agents(text: str, source: str) -> AgentsFile:
     elif name not in parsed.agents:
         raise ProfileFileError(f"{source}: key 'default_agent': {name!r} is not an agent of the file")
     return parsed
-

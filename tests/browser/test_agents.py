@@ -80,7 +80,9 @@ async def test_the_page_calls_the_agent_it_names_and_shows_grounding_sources(
         # The fake microphone speaks, the emulator answers grounded: the sources appear under the caption.
         sources = page.locator("#captions li.agent .sources a")
         await expect(sources).to_have_count(2, timeout=30_000)
-        assert (await sources.first.get_attribute("href") or "").startswith("https://search.emulator.invalid/")
+        assert (await sources.first.get_attribute("href") or "").startswith(
+            "https://search.emulator.invalid/"
+        )
         assert (await sources.first.get_attribute("rel")) == "noopener noreferrer"
         call = next(iter(running.worker.calls.values()))
         assert call.summary()["agent"] == "sales"

@@ -119,7 +119,9 @@ async def test_firefox_page_rejoins_the_same_call_when_the_connection_fails(
 
 
 async def test_firefox_widget_on_an_allowed_origin_makes_a_call(
-    emulator: GeminiEmulator, host_site: HostSite, firefox: Firefox  # noqa: F811
+    emulator: GeminiEmulator,
+    host_site: HostSite,  # noqa: F811
+    firefox: Firefox,
 ) -> None:
     running = await parley_for(emulator, host_site, [host_site.origin])
     try:
@@ -154,7 +156,9 @@ async def test_firefox_widget_on_an_allowed_origin_makes_a_call(
 
 
 async def test_firefox_widget_on_another_origin_is_refused_with_a_clear_message(
-    emulator: GeminiEmulator, host_site: HostSite, firefox: Firefox  # noqa: F811
+    emulator: GeminiEmulator,
+    host_site: HostSite,  # noqa: F811
+    firefox: Firefox,
 ) -> None:
     running = await parley_for(emulator, host_site, [])  # the default: same origin only
     try:

@@ -173,7 +173,6 @@ async def test_page_rejoins_the_same_call_when_the_connection_fails(
     assert server.worker.calls_ended == {"hangup": 1}
 
 
-
 async def test_page_plays_a_dtx_downlink_without_concealing_it(
     emulator: GeminiEmulator, pages: Pages
 ) -> None:

@@ -85,7 +85,10 @@ async def test_page_on_a_phone_call_by_tap_thumb_reachable_readable_no_sideways_
 
 @pytest.mark.parametrize("phone", PHONES, ids=[f"{w}x{h}" for w, h in PHONES])
 async def test_widget_on_a_phone_opens_within_the_screen(
-    emulator: GeminiEmulator, host_site: HostSite, pages: Pages, phone: tuple[int, int]  # noqa: F811
+    emulator: GeminiEmulator,
+    host_site: HostSite,  # noqa: F811
+    pages: Pages,
+    phone: tuple[int, int],
 ) -> None:
     running = await parley_for(emulator, host_site, [host_site.origin])
     try:
