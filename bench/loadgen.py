@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench.testsignal import FRAME, RATE, TestSignal, make_signal
 from bench.video import PacketCamera
+from parley.agent.downlink import DTX_REFRESH_S
 from parley.agent.ice import offer_host_addresses, rtc_configuration
 from parley.agent.metrics import sample_loop_lag
 from parley.agent.uplink import OpusUplink, tap_receiver
@@ -230,8 +231,8 @@ class BenchCall:
         return out
 
 
-# A DTX packet stands for itself and the silent frames after it, one packet every 400 ms.
-DTX_FRAMES = 20
+# A DTX packet stands for itself and the silent frames after it, up to the next (DTX_REFRESH_S later).
+DTX_FRAMES = round(DTX_REFRESH_S / 0.02)
 
 
 class DownlinkTap(OpusUplink):

@@ -27,6 +27,7 @@ from aiortc import RTCDataChannel, RTCIceTransportPolicy, RTCPeerConnection, RTC
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from parley.agent.downlink import DTX_REFRESH_S
 from parley.agent.ice import rtc_configuration
 from parley.agent.uplink import OpusUplink, tap_receiver
 from parley.agent.vad import dbfs
@@ -309,11 +310,11 @@ class Caller:
 
     def hear_silence_until_now(self) -> None:
         """Fill in the silence since the agent's last packet, as far as its DTX rhythm (a packet every
-        0.4 s) vouches for: a stream in DTX is only known to be silent up to its next packet."""
+        DTX_REFRESH_S) vouches for: a stream in DTX is only known to be silent up to its next packet."""
         if not self.heard.arrivals:
             return
         now = time.monotonic()
-        frames = int(min(now - self.heard.arrivals[-1], 0.4) / 0.02)
+        frames = int(min(now - self.heard.arrivals[-1], DTX_REFRESH_S) / 0.02)
         self.heard.fill_to(self.heard.length + frames * FRAME, now)
 
     async def wait_for_event(self, kind: str, timeout_s: float, after: int = 0) -> dict[str, Any]:

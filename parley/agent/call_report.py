@@ -52,7 +52,7 @@ def media_summary(
         "downlink": {
             "frames": track.frames_sent,
             "silent_frames": track.silent_frames,
-            "dtx_skipped_frames": track.frames_skipped,
+            "skipped_frames": track.frames_skipped,
         },
         "video": seen,
         "latency_ms": {name: percentiles(samples) for name, samples in latencies_s.items()},

@@ -247,7 +247,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._pts = 0
         self.frames_sent = 0
         self.silent_frames = 0
-        self.frames_skipped = 0  # silent frames not sent at all (DTX)
+        self.frames_skipped = 0  # silent frames never sent: DTX, or the silence a stalled loop missed
         self._dtx = dtx and encoder is not None
         self._dtx_sent_at: float | None = None  # the last DTX packet, while in DTX
         self._after_frame: list[Callable[[], None]] = []
