@@ -17,10 +17,10 @@ import socket
 import time
 from typing import Any
 
-from parley.agent.sdp import OfferError
-from parley.agent.worker import CallNotFound, UnknownAgent, Worker, WorkerBusy
+from parley.agent.worker import Worker
 from parley.fleet.monitor import LoadMonitor, default_worker_id
 from parley.fleet.options import FleetOptions
+from parley.fleet.requests import answer
 from parley.fleet.wire import (
     CALL_KEY_TTL_S,
     MESSAGE_TTL_S,
@@ -277,59 +277,12 @@ class FleetWorker:
         if deadline and time.time() > deadline + EXPIRED_GRACE_S:
             await self._reply(request, {"ok": False, "error": "expired", "message": "picked up too late"})
             return
-        call_key: str | None = None
-        try:
-            if op == "create":
-                reason = self.over_limits()
-                if reason is not None:
-                    raise WorkerBusy(reason, retry_after_s=2)
-                limit = request.get("max_seconds")  # the join token's call length, if it has one
-                agent = request.get("agent")
-                agent = agent if isinstance(agent, str) else None
-                if self.agents_only is not None and agent not in self.agents_only:
-                    only = ", ".join(self.agents_only)
-                    raise WorkerBusy(f"this worker serves only {only}", retry_after_s=2)
-                variables = request.get("variables")
-                if not isinstance(variables, dict):
-                    variables = {}
-                caller = request.get("caller")
-                if not isinstance(caller, dict):
-                    caller = {}
-                call_id, answer = await self.worker.create_call(
-                    str(request.get("sdp", "")),
-                    max_seconds=float(limit) if isinstance(limit, int | float) else None,
-                    agent=agent,
-                    variables={str(k): str(v) for k, v in variables.items()},
-                    caller={str(k): str(v) for k, v in caller.items()},
-                )
-                if deadline and time.time() > deadline + EXPIRED_GRACE_S:
-                    # Nobody waits for this answer any more: do not leave a call no one will join.
-                    await self.worker.end_call(call_id, "dispatch_timeout")
-                    result: dict[str, Any] = {"ok": False, "error": "expired", "message": "answered too late"}
-                else:
-                    result = {"ok": True, "call": call_id, "sdp": answer}
-                    call_key = call_id
-            elif op == "resume":
-                sdp = str(request.get("sdp", ""))
-                result = {"ok": True, "sdp": await self.worker.resume_call(str(request.get("call")), sdp)}
-            elif op == "describe":
-                result = {"ok": True, "summary": await self.worker.describe_call(str(request.get("call")))}
-            elif op == "end":
-                await self.worker.end_call(str(request.get("call")), str(request.get("reason") or "hangup"))
-                result = {"ok": True}
-            else:
-                result = {"ok": False, "error": "internal", "message": f"unknown request {op!r}"}
-        except WorkerBusy as exc:
-            result = {"ok": False, "error": "busy", "message": exc.message, "retry_after": exc.retry_after_s}
-        except OfferError as exc:
-            result = {"ok": False, "error": "offer", "status": exc.status, "message": exc.message}
-        except CallNotFound:
-            result = {"ok": False, "error": "not_found", "message": "no such call"}
-        except UnknownAgent as exc:  # its agents file differs from signaling's
-            result = {"ok": False, "error": "unknown_agent", "message": f"no agent named {exc.args[0]!r}"}
-        except Exception as exc:
-            logger.exception("request %s failed", op)
-            result = {"ok": False, "error": "internal", "message": type(exc).__name__}
+        result = await answer(self.worker, request, self.over_limits(), self.agents_only)
+        call_key = str(result["call"]) if op == "create" and result.get("ok") else None
+        if call_key is not None and deadline and time.time() > deadline + EXPIRED_GRACE_S:
+            # Nobody waits for this answer any more: do not leave a call no one will join.
+            await self.worker.end_call(call_key, "dispatch_timeout")
+            result, call_key = {"ok": False, "error": "expired", "message": "answered too late"}, None
         delivered = await self._reply(request, result, call_key)
         if call_key is not None and not delivered:
             await self.worker.end_call(call_key, "dispatch_failed")
