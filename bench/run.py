@@ -63,8 +63,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """The server's CPU seconds, with its media processes' (`parley serve --processes`)."""
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if stat.parent.name == str(self.process.pid) or fields[1] == str(self.process.pid):
+                    total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return total
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -77,7 +83,7 @@ class Server:
             return str(response.read().decode())
 
     def metrics(self) -> dict[str, Any]:
-        return parse_histograms(self.get("/metrics"))
+        return parse_histograms(self.get("/metrics"), leave_out="front")
 
     def active_calls(self) -> int:
         return int(json.loads(self.get("/healthz")).get("active_calls", 0))
@@ -90,8 +96,11 @@ class Server:
             self.process.kill()
 
 
-def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None, root: Path = ROOT) -> Server:
-    """`root`: the source tree the server runs from (bench/loop_ab.py runs older revisions)."""
+def start_server(
+    kind: str, port: int, extra_env: dict[str, str] | None = None, root: Path = ROOT, processes: int = 1
+) -> Server:
+    """`root`: the source tree the server runs from (bench/loop_ab.py runs older revisions); `processes`:
+    `parley serve --processes` (not pinned then: its media processes are for the machine's cores)."""
     env = {
         **os.environ,
         "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
@@ -107,7 +116,7 @@ def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None, 
         backend, _, variant = kind.partition(":")  # "loopback:aiortc-encoder": bench/variants.py
         launcher = ["bench.variants", variant] if variant else ["parley.cli"]
         cmd = [PY, "-m", *launcher, "--log-level", "WARNING", "serve", "--backend", backend]
-        cmd += ["--port", str(port)]
+        cmd += ["--port", str(port), "--processes", str(processes)]
         env.pop("GEMINI_API_KEY", None)
         env.pop("GOOGLE_API_KEY", None)
     env.update(extra_env or {})
@@ -119,10 +128,10 @@ def start_server(kind: str, port: int, extra_env: dict[str, str] | None = None, 
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=pin(SERVER_CPU),
+        preexec_fn=pin(SERVER_CPU) if processes == 1 else None,
     )
     server = Server(kind, port, process)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30 * processes
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
             server.get("/healthz")
@@ -333,11 +342,17 @@ def loop_stalls(calls: list[int], seconds: float) -> list[dict[str, Any]]:
             deadline = time.monotonic() + 30
             while not (Path(certs) / "ca.pem").exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
-            for kind, env, steps in (("emulator", None, calls), ("gemini", external, calls[-1:])):
-                server = start_server(kind, 18211, env)
+            pool = max(2, os.cpu_count() or 1)  # one media process per core
+            runs: list[tuple[str, dict[str, str] | None, list[int], int]] = [
+                ("emulator", None, calls, 1),
+                ("gemini", external, calls[-1:], 1),
+                ("gemini", external, calls[-1:], pool),
+            ]
+            for kind, env, steps, processes in runs:
+                server = start_server(kind, 18211, env, processes=processes)
                 try:
                     for n in steps:
-                        rows.append(stall_step(server, kind, n, seconds))
+                        rows.append(stall_step(server, kind, n, seconds, processes))
                 finally:
                     server.stop()
         finally:
@@ -346,13 +361,15 @@ def loop_stalls(calls: list[int], seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def stall_step(server: Server, kind: str, n: int, seconds: float) -> dict[str, Any]:
+def stall_step(server: Server, kind: str, n: int, seconds: float, processes: int = 1) -> dict[str, Any]:
     args = ["--calls", str(n), "--seconds", str(seconds), "--measure-setup", "--ramp", "0.1"]
     result, numbers = measured_load(server, args)
-    lag = numbers.get("loop_lag", {})
+    lag = numbers.get("loop_lag", {})  # with media processes: theirs together, not the front door's
     name = "parley, embedded emulator" if kind == "emulator" else "parley, emulator in its own process"
+    if processes > 1:
+        name = f"parley --processes {processes}, emulator in its own process"
     log(
-        f"{kind:9s} N={n:3d} loop lag p50/p99/max<={lag.get('p50')}/{lag.get('p99')}/"
+        f"{kind:9s} P={processes} N={n:3d} loop lag p50/p99/max<={lag.get('p50')}/{lag.get('p99')}/"
         f"{lag.get('max_at_most')} ms (samples {lag.get('count')})"
         f" cpu={numbers.get('cpu_core_share')} core fps={result['frames_per_s']['min']}"
         f" turns={numbers.get('response', {}).get('count')}"

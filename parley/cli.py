@@ -30,9 +30,28 @@ def _serve(args: argparse.Namespace) -> None:
         load_tool_module(module)
     if args.example_tools:
         load_tool_module("parley.agent.example_tools")
+    if args.processes is not None:
+        settings.processes = args.processes
+    if settings.processes != 1:
+        from parley.pool import serve_pool
+
+        # what each media process's command line carries of this one
+        child_args = ["--log-level", args.log_level, "--backend", settings.backend]
+        child_args += ["--agents", settings.agents_file] if settings.agents_file else []
+        modules = [*(args.tools or []), *(["parley.agent.example_tools"] if args.example_tools else [])]
+        for module in modules:
+            child_args += ["--tools", module]
+        asyncio.run(serve_pool(settings, default_registry, child_args))
+        return
     from parley.processes import serve
 
     asyncio.run(serve(settings, default_registry))
+
+
+def _media_process(args: argparse.Namespace) -> None:
+    from parley.pool import run_media_process_command
+
+    run_media_process_command(args)
 
 
 def _emulator(args: argparse.Namespace) -> None:
@@ -158,7 +177,24 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="listen beyond loopback without PARLEY_JOIN_SECRET (anyone who reaches it can start calls)",
     )
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the calls in N media processes (0: one per core; default 1, or PARLEY_PROCESSES)",
+    )
     serve.set_defaults(run=_serve)
+    # `parley serve --processes`' children: not for use by hand
+    media = commands.add_parser("media-process")
+    media.add_argument("--index", type=int, required=True)
+    media.add_argument("--socket", required=True)
+    media.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
+    media.add_argument("--agents", default=None)
+    media.add_argument("--tools", action="append")
+    media.add_argument("--emulator-url", default=None)
+    media.add_argument("--emulator-ca", default=None)
+    media.set_defaults(run=_media_process)
 
     emulator = commands.add_parser("emulator", help="the Gemini Live emulator on its own")
     emulator_cli.add_arguments(emulator)

@@ -35,8 +35,7 @@ from parley.profiles import ProfileStore
 from parley.records.service import Records
 from parley.records.webhooks import WebhookSender
 from parley.settings import Settings
-from parley.signaling.access import call_admission, parse_rate, refuse_public_without_secret
-from parley.signaling.app import create_app
+from parley.signaling.access import refuse_public_without_secret
 from parley.signaling.records_api import CallRecords
 
 logger = logging.getLogger("parley")
@@ -208,21 +207,9 @@ async def run_worker(
 
     async def cleanup() -> None:
         await fleet.stop()
-        for task in agent.background:
-            task.cancel()
-        await metrics.stop()
         if runner is not None:
             await runner.cleanup()
-        if agent.emulator is not None:
-            await agent.emulator.stop()
-        if agent.records is not None:
-            await agent.records.stop()
-        if agent.webhooks is not None:
-            await agent.webhooks.stop()
-        if agent.tracer is not None:
-            await asyncio.to_thread(agent.tracer.shutdown)
-        if agent.recordings is not None:
-            await asyncio.to_thread(agent.recordings.stop)
+        await agent.stop()
 
     await fleet.start()
     await until_signalled(cleanup, lambda: fleet.drain(settings.drain_timeout_s), end_now)
@@ -235,20 +222,11 @@ async def run_worker(
 def create_fleet_app(
     settings: Settings, host: RedisCallHost, profiles: ProfileStore, records: CallRecords | None = None
 ) -> web.Application:
-    from parley.server import page_config_source, web_root
+    from parley.front_door import front_door
 
-    # The same front door as `parley serve`: allowed origins, join tokens and the rate limit. (Token
-    # `uses` are counted by each signaling process.)
-    app = create_app(
-        host,
-        web_root(settings),
-        page_config_source(settings, lambda: any(w.backend == "emulator" for w in host.workers.values())),
-        allowed_origins=settings.allowed_origins,
-        admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
-        records=records,
-        admin_token=settings.admin_token,
-        profiles=profiles,
-        record_client_address=settings.record_client_address,
+    # The same front door as `parley serve`. (Token `uses` are counted by each signaling process.)
+    app = front_door(
+        settings, host, profiles, records, lambda: any(w.backend == "emulator" for w in host.workers.values())
     )
 
     async def readyz(request: web.Request) -> web.Response:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -36,6 +36,7 @@ from parley.agent.warmup import warm_up
 from parley.agent.worker import Worker
 from parley.agent_plans import call_planner, open_profiles
 from parley.emulator.server import GeminiEmulator
+from parley.front_door import front_door
 from parley.profiles import ProfileStore
 from parley.records.recorder import CallRecorder
 from parley.records.recording import Recordings
@@ -43,8 +44,7 @@ from parley.records.service import Records, RecordsOptions
 from parley.records.webhooks import WebhookMetrics, WebhookSender
 from parley.records.writer import WriterMetrics
 from parley.settings import GEMINI_ENV_KEYS, Settings
-from parley.signaling.access import call_admission, parse_rate
-from parley.signaling.app import PageConfig, add_metrics_route, create_app
+from parley.signaling.app import add_metrics_route
 from parley.tracing import traces_wanted
 
 if TYPE_CHECKING:
@@ -52,37 +52,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("parley")
 
-WEB_ROOT = Path(__file__).resolve().parent / "web"
 
+@dataclass
+class EmulatorAddress:
+    """An emulator another process runs: the front door's, for `parley serve --processes`' children."""
 
-def web_root(settings: Settings) -> Path:
-    """The page, the widget and their modules: inside the package, unless PARLEY_WEB_ROOT says otherwise."""
-    return Path(settings.web_root) if settings.web_root else WEB_ROOT
+    base_url: str
+    ca_file: str
 
-
-def page_config_source(settings: Settings, emulator: Callable[[], bool]) -> PageConfig:
-    """GET /v1/config, made for each page: the ICE servers (with TURN credentials of its own when a TURN
-    secret is set), whether the agent is the offline emulator, the model, and the video the agent keeps
-    (the page sends no more than that)."""
-    ice = ice_server_source(
-        settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, "web"
-    )
-
-    def make() -> dict[str, Any]:
-        video = {"fps": settings.video_fps, "maxSide": settings.video_max_side}
-        return {
-            "iceServers": ice(),
-            "emulator": emulator(),
-            "model": settings.model,
-            "video": video,
-            "recorded": settings.record_audio,  # the page says "this call is recorded"
-        }
-
-    return make
+    def client_ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
 
 
 def make_client(
-    settings: Settings, emulator: GeminiEmulator | None, credentials: FreshCredentials | None = None
+    settings: Settings,
+    emulator: GeminiEmulator | EmulatorAddress | None,
+    credentials: FreshCredentials | None = None,
 ) -> genai.Client:
     """A google-genai client: the SDK's own environment for Gemini, or the in-process emulator."""
     ws_args: dict[str, Any] = {
@@ -272,11 +257,27 @@ class Agent:
     # The agents calls are made from (a store of the one default agent, unless given one).
     profiles: ProfileStore = field(default_factory=lambda: ProfileStore.open(None))
 
+    async def stop(self) -> None:
+        """After the worker's calls have ended: the background, then what keeps their last words."""
+        for task in self.background:
+            task.cancel()
+        await self.metrics.stop()
+        if self.emulator is not None:
+            await self.emulator.stop()
+        if self.records is not None:
+            await self.records.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
+        if self.recordings is not None:
+            await asyncio.to_thread(self.recordings.stop)
+
 
 async def build_agent(
     settings: Settings,
     tools: ToolRegistry | None = None,
-    emulator: GeminiEmulator | None = None,
+    emulator: GeminiEmulator | EmulatorAddress | None = None,
     max_calls: int | None = None,
     worker_name: str = "serve",
     profiles: ProfileStore | None = None,
@@ -369,17 +370,7 @@ async def start(
             settings.ice_servers, settings.turn_urls, settings.turn_secret, settings.turn_ttl_s, "worker"
         )
     offline = emulator is not None
-    app = create_app(
-        worker,
-        web_root(settings),
-        page_config_source(settings, lambda: offline),
-        allowed_origins=settings.allowed_origins,
-        admission=call_admission(settings.join_secret, parse_rate(settings.rate_limit)),
-        records=agent.records,
-        admin_token=settings.admin_token,
-        profiles=agent.profiles,
-        record_client_address=settings.record_client_address,
-    )
+    app = front_door(settings, worker, agent.profiles, agent.records, lambda: offline)
     if settings.join_secret is None:
         logger.warning(
             "no PARLEY_JOIN_SECRET: anyone who can reach http://%s:%d can start calls",

@@ -94,6 +94,7 @@ class Settings:
     uplink_chunk_ms: int = 20
     no_media_timeout_s: float = 10.0
     max_calls: int = 0  # per process; 0: no limit
+    processes: int = 1  # `parley serve`'s media processes; 0: one per core (parley/fleet/local.py)
     local_bargein: bool = True
     downlink_dtx: bool = False
     send_silence: bool = True
@@ -172,6 +173,7 @@ class Settings:
         s.uplink_chunk_ms = int(_env_float("PARLEY_UPLINK_CHUNK_MS", s.uplink_chunk_ms))
         s.no_media_timeout_s = _env_float("PARLEY_NO_MEDIA_TIMEOUT", s.no_media_timeout_s)
         s.max_calls = int(_env_float("PARLEY_MAX_CALLS", s.max_calls))
+        s.processes = int(_env_float("PARLEY_PROCESSES", s.processes))
         s.local_bargein = _env_bool("PARLEY_LOCAL_BARGEIN", s.local_bargein)
         s.downlink_dtx = _env_bool("PARLEY_DOWNLINK_DTX", s.downlink_dtx)
         s.send_silence = _env_bool("PARLEY_SEND_SILENCE", s.send_silence)

@@ -236,19 +236,26 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | 
     return prev_bound
 
 
-def parse_histograms(text: str) -> dict[str, Any]:
-    """Histogram buckets, sums and counts (and plain samples) from Prometheus text, for tests and bench."""
+def parse_histograms(text: str, leave_out: str | None = None) -> dict[str, Any]:
+    """Histogram buckets, sums and counts (and plain samples) from Prometheus text, for tests and bench.
+    A histogram of several processes (`parley serve --processes`) is summed bucket by bucket; samples
+    whose `process` label is `leave_out` are left out (the front door's, to judge the calls' loops)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
+        samples = [s for s in family.samples if leave_out is None or s.labels.get("process") != leave_out]
         if family.type == "histogram":
-            buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
-            total = sum(s.value for s in family.samples if s.name.endswith("_sum"))
-            count = sum(s.value for s in family.samples if s.name.endswith("_count"))
-            out[family.name] = {"buckets": buckets, "sum": total, "count": count}
+            buckets: dict[float, float] = {}
+            for s in samples:
+                if s.name.endswith("_bucket"):
+                    bound = float(s.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + s.value
+            total = sum(s.value for s in samples if s.name.endswith("_sum"))
+            count = sum(s.value for s in samples if s.name.endswith("_count"))
+            out[family.name] = {"buckets": sorted(buckets.items()), "sum": total, "count": count}
         else:
-            for s in family.samples:
+            for s in samples:
                 key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
                 out[key] = s.value
     return out

@@ -1,0 +1,229 @@
+"""`parley serve --processes N`: the front door in one process, the calls in N media processes.
+
+Real processes, real peers on loopback UDP, the real SDK against the embedded emulator (the front
+door's, shared by the children), a real SQLite file for the records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from parley.caller import Caller, load_wav
+from tests.test_lifecycle import ROOT, free_port
+from tests.waiting import interrupt, wait_until
+
+SPEECH = load_wav(str(ROOT / "tests" / "data" / "speech.wav"))
+
+
+class Pool:
+    def __init__(self, process: asyncio.subprocess.Process, url: str) -> None:
+        self.process = process
+        self.url = url
+        self.health: dict[str, Any] = {}
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
+            body = await response.text()
+            kind = response.content_type
+            return response.status, json.loads(body) if kind == "application/json" else body
+
+    async def healthz(self) -> dict[str, Any]:
+        self.health = (await self.get("/healthz"))[1]
+        return self.health
+
+    def pids(self) -> list[int]:
+        return [p["pid"] for p in self.health["processes"]]
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
+        "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}",
+    }
+    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "PARLEY_PROCESSES"):
+        env.pop(key, None)
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "parley.cli", "serve", "--processes", "2", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+    )
+    server = Pool(process, f"http://127.0.0.1:{port}")
+
+    async def ready() -> bool:
+        try:
+            health = await server.healthz()
+        except aiohttp.ClientError:
+            return False
+        return all(p["ready"] for p in health["processes"])
+
+    try:
+        for _ in range(600):
+            if await ready():
+                break
+            assert process.returncode is None, "parley serve --processes 2 exited at start"
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the two media processes were not ready within 60 s")
+        yield server
+    finally:
+        if process.returncode is None:
+            await interrupt(process)
+
+
+async def converse(caller: Caller) -> None:
+    """Say the test sentence and wait until the agent (the emulator's echo) answers out loud."""
+    await caller.connect()
+    caller.say(SPEECH)
+    await caller.wait_for_event("agent_turn_start", timeout_s=30)
+    await wait_until(lambda: caller.heard.last_loud() is not None, 15, "the agent's voice")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_calls_spread_over_the_media_processes_and_each_is_heard_ended_and_recorded(pool: Pool) -> None:
+    callers = [Caller(pool.url), Caller(pool.url)]
+    await asyncio.gather(*(converse(c) for c in callers))
+    holders = set()
+    for caller in callers:
+        state = await caller.call_state()
+        assert state["state"] == "active", state
+        holders.add(state["worker"])
+    assert holders == {"serve-1", "serve-2"}  # the second call went to the idle process
+    health = await pool.healthz()
+    assert health["active_calls"] == 2 and [p["active_calls"] for p in health["processes"]] == [1, 1]
+
+    status, text = await pool.get("/metrics")
+    assert status == 200
+    lag = next(f for f in text_string_to_metric_families(text) if f.name == "parley_event_loop_lag_seconds")
+    assert {s.labels["process"] for s in lag.samples} == {"front", "serve-1", "serve-2"}
+
+    call_urls = [c.call_url for c in callers]
+    assert [await c.hang_up() for c in callers] == [204, 204]
+    for url in call_urls:
+        assert url is not None
+        path = url.removeprefix(pool.url)
+
+        async def ended(path: str = path) -> bool:
+            status, record = await pool.get(path)
+            return status == 200 and record.get("state") == "ended"
+
+        for _ in range(100):
+            if await ended():
+                break
+            await asyncio.sleep(0.1)
+        status, record = await pool.get(path)
+        assert record["state"] == "ended" and record["end_reason"] == "hangup", record
+        assert record["worker"] in holders
+    for _ in range(50):  # the front door counts calls from the processes' stats, a second old at most
+        if (await pool.healthz())["active_calls"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert pool.health["active_calls"] == 0, pool.health
+
+
+async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_again(pool: Pool) -> None:
+    first, second = Caller(pool.url), Caller(pool.url)
+    await asyncio.gather(converse(first), converse(second))
+    doomed = (await first.call_state())["worker"]
+    health = await pool.healthz()
+    victim = next(p["pid"] for p in health["processes"] if p["worker"] == doomed)
+    os.kill(victim, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        health = await pool.healthz()
+        entry = next(p for p in health["processes"] if p["worker"] == doomed)
+        return bool(entry["ready"] and entry["restarts"] == 1 and entry["pid"] != victim)
+
+    for _ in range(600):
+        if await restarted():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"{doomed} was not started again within 60 s")
+    lost = await first.call_state()
+    assert lost["state"] == "ended" and lost["end_reason"] == "worker_lost", lost
+    survivor = await second.call_state()
+    assert survivor["state"] == "active", survivor  # the other process's call goes on
+    await first.hang_up()
+
+    again = Caller(pool.url)  # the restarted process takes calls
+    await converse(again)
+    assert (await again.call_state())["worker"] == doomed  # it was the idle one
+    assert await again.hang_up() == 204
+    assert await second.hang_up() == 204
+
+    pids = pool.pids()
+    await interrupt(pool.process)
+    assert pool.process.returncode == 0
+    await wait_until(lambda: not any(alive(pid) for pid in pids), 10, "the media processes to exit")
+
+
+NO_OPUS = "\r\n".join(
+    [
+        "v=0",
+        "o=- 1 1 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 0",
+        "c=IN IP4 0.0.0.0",
+        "a=rtpmap:0 PCMU/8000",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendrecv",
+        "",
+    ]
+)
+
+
+async def test_bad_requests_get_the_same_answers_as_from_one_process(pool: Pool) -> None:
+    sdp = {"Content-Type": "application/sdp"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(pool.url + "/v1/calls", data="v=0\r\nnot sdp", headers=sdp) as response:
+            assert response.status == 400
+            assert "malformed sdp" in (await response.text()).lower()
+        # one the front door lets through and a media process refuses: its refusal comes back as it was
+        async with session.post(pool.url + "/v1/calls", data=NO_OPUS, headers=sdp) as response:
+            assert response.status == 422
+            assert "Opus" in (await response.text())
+        unknown = "/v1/calls/" + "0" * 32
+        async with session.get(pool.url + unknown) as response:
+            assert response.status == 404
+        async with session.delete(pool.url + unknown) as response:
+            assert response.status == 404
+    assert all(p["active_calls"] == 0 for p in (await pool.healthz())["processes"])
+    assert all(p["restarts"] == 0 for p in pool.health["processes"])  # nothing crashed a child
+
+
+async def test_the_media_processes_end_with_the_front_door(pool: Pool) -> None:
+    caller = Caller(pool.url)
+    await caller.connect()
+    caller.say(np.zeros(4800, np.int16))
+    pids = pool.pids()
+    assert all(alive(pid) for pid in pids)
+    pool.process.kill()  # no cleanup at all: the children must not outlive it
+    await pool.process.wait()
+    await wait_until(lambda: not any(alive(pid) for pid in pids), 20, "the orphaned media processes to end")
+    await caller.hang_up()
