@@ -227,3 +227,10 @@ async def test_the_media_processes_end_with_the_front_door(pool: Pool) -> None:
     await pool.process.wait()
     await wait_until(lambda: not any(alive(pid) for pid in pids), 20, "the orphaned media processes to end")
     await caller.hang_up()
+
+
+def test_processes_zero_means_one_per_core_this_process_may_use() -> None:
+    from parley.pool import process_count
+
+    assert process_count(3) == 3
+    assert process_count(0) == len(os.sched_getaffinity(0))
