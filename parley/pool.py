@@ -34,7 +34,7 @@ from parley.emulator.server import GeminiEmulator
 from parley.fleet.local import MediaProcesses, media_process_app
 from parley.front_door import front_door
 from parley.processes import freeze_heap, reload_on_sighup, until_signalled
-from parley.server import EmulatorAddress, build_agent, open_records
+from parley.server import EmulatorAddress, build_agent, open_records, start_webhooks
 from parley.settings import Settings
 
 logger = logging.getLogger("parley")
@@ -69,12 +69,15 @@ async def serve_pool(settings: Settings, tools: ToolRegistry, child_args: list[s
         return argv
 
     host = MediaProcesses(command, count, socket_dir, rpc_timeout_s=settings.dispatch_timeout_s)
+    metrics = Metrics()  # the front door's own event loop
+    webhooks = None
     if records is not None:
-        host.on_process_lost = records.end_calls_of_soon  # a child that died cannot end its records
+        host.on_process_lost = records.end_calls_of_soon  # a child that died cannot end its records...
+        webhooks = start_webhooks(settings, metrics.registry)  # ... nor send their call.ended
+        records.announce = webhooks.submit if webhooks is not None else None
     await host.start()
     offline = emulator is not None
     app = front_door(settings, host, profiles, records, lambda: offline)
-    metrics = Metrics()  # the front door's own event loop
 
     async def all_metrics(request: web.Request) -> web.Response:
         body = await host.metrics(metrics.render()[0])
@@ -115,6 +118,8 @@ async def serve_pool(settings: Settings, tools: ToolRegistry, child_args: list[s
         await metrics.stop()
         if records is not None:
             await records.stop()
+        if webhooks is not None:
+            await webhooks.stop()
         if emulator is not None:
             await emulator.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from parley.caller import Caller, load_wav
 from tests.test_lifecycle import ROOT, free_port
+from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401 - the fixture
 from tests.waiting import interrupt, wait_until
 
 SPEECH = load_wav(str(ROOT / "tests" / "data" / "speech.wav"))
@@ -47,12 +48,15 @@ class Pool:
 
 
 @pytest.fixture
-async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
+async def pool(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Pool]:  # noqa: F811
+    receiver.refuse_first = 0  # a process's undelivered webhooks die with it: deliver them at once
     port = free_port()
     env = {
         **os.environ,
         "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
         "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}",
+        "PARLEY_WEBHOOK_URL": receiver.url,
+        "PARLEY_WEBHOOK_SECRET": SECRET,
     }
     for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "PARLEY_PROCESSES"):
         env.pop(key, None)
@@ -141,9 +145,16 @@ async def test_calls_spread_over_the_media_processes_and_each_is_heard_ended_and
     assert pool.health["active_calls"] == 0, pool.health
 
 
-async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_again(pool: Pool) -> None:
+async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_again(
+    pool: Pool,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    def announced(kind: str) -> dict[str, str]:
+        return {e["call"]["id"]: e["call"].get("end_reason") for e in receiver.events if e["type"] == kind}
+
     first, second = Caller(pool.url), Caller(pool.url)
     await asyncio.gather(converse(first), converse(second))
+    await wait_until(lambda: len(announced("call.started")) == 2, 30, "both calls' call.started")
     doomed = (await first.call_state())["worker"]
     health = await pool.healthz()
     victim = next(p["pid"] for p in health["processes"] if p["worker"] == doomed)
@@ -171,6 +182,12 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     assert (await again.call_state())["worker"] == doomed  # it was the idle one
     assert await again.hang_up() == 204
     assert await second.hang_up() == 204
+    # the dead process could not say its call ended: the front door did, and the others said theirs
+    lost_id, survivor_id = lost["call"], survivor["call"]
+    await wait_until(lambda: len(announced("call.ended")) == 3, 30, "call.ended of all three calls")
+    ended = announced("call.ended")
+    assert ended[lost_id] == "worker_lost" and ended[survivor_id] == "hangup", ended
+    assert receiver.bad_signatures == 0
 
     pids = pool.pids()
     await interrupt(pool.process)
