@@ -57,6 +57,7 @@ async def pool(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Pool]:  # no
         "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}",
         "PARLEY_WEBHOOK_URL": receiver.url,
         "PARLEY_WEBHOOK_SECRET": SECRET,
+        "PARLEY_DISPATCH_TIMEOUT": "3",  # how long the front door waits for a media process's answer
     }
     for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "PARLEY_PROCESSES"):
         env.pop(key, None)
@@ -213,6 +214,28 @@ NO_OPUS = "\r\n".join(
         "",
     ]
 )
+
+
+async def test_a_stalled_media_process_is_reported_as_such_and_its_call_goes_on_after(pool: Pool) -> None:
+    first = Caller(pool.url)
+    await converse(first)
+    holder = (await first.call_state())["worker"]
+    pid = next(p["pid"] for p in (await pool.healthz())["processes"] if p["worker"] == holder)
+    assert first.call_url is not None
+    path = first.call_url.removeprefix(pool.url)
+    os.kill(pid, signal.SIGSTOP)  # alive, but its loop answers nothing
+    try:
+        status, body = await pool.get(path)
+        assert status == 504 and holder.removeprefix("serve-") in body["error"], body  # not "no such call"
+        second = Caller(pool.url)  # new calls still find a process that answers
+        await second.connect(timeout_s=20)
+        assert (await second.call_state())["worker"] != holder
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    status, state = await pool.get(path)
+    assert status == 200 and state["state"] == "active", state  # the stall cost the call nothing lasting
+    assert await first.hang_up() == 204
+    assert await second.hang_up() == 204
 
 
 async def test_bad_requests_get_the_same_answers_as_from_one_process(pool: Pool) -> None:

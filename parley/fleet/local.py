@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from parley.agent.worker import CallNotFound, Worker, WorkerBusy
 from parley.fleet.requests import answer, refusal_error
+from parley.signaling.app import WorkerTimeout
 
 logger = logging.getLogger("parley.processes")
 
@@ -266,13 +267,22 @@ class MediaProcesses:
         """The child holding the call and its (ok) reply. Asks the one that said it holds it first, then
         the others (its stats may be a second old)."""
         children = sorted(self.children, key=lambda c: call_id not in c.calls)
+        silent: MediaProcess | None = None  # the holder, alive but not answering
         for child in children:
             reply = await self._rpc(child, {**message, "call": call_id})
-            if reply is None or reply.get("error") == "not_found":
+            if reply is None:
+                if call_id in child.calls and child.ready:
+                    silent = child
+                continue
+            if reply.get("error") == "not_found":
                 continue
             if not reply.get("ok"):
                 raise refusal_error(reply, call_id)
             return child, reply
+        if silent is not None:
+            raise WorkerTimeout(
+                f"media process {silent.index} did not answer within {self.rpc_timeout_s:.0f} s"
+            )
         raise CallNotFound(call_id)
 
     async def describe_call(self, call_id: str) -> dict[str, Any]:
@@ -287,7 +297,10 @@ class MediaProcesses:
         await self._ask_holder(call_id, {"op": "end", "reason": reason})
 
     async def resume_call(self, call_id: str, offer_sdp: str) -> str:
-        _, reply = await self._ask_holder(call_id, {"op": "resume", "sdp": offer_sdp})
+        try:
+            _, reply = await self._ask_holder(call_id, {"op": "resume", "sdp": offer_sdp})
+        except WorkerTimeout as exc:
+            raise WorkerBusy(str(exc), retry_after_s=2) from None
         return str(reply["sdp"])
 
     def stats(self) -> dict[str, Any]:
