@@ -34,7 +34,7 @@ from parley.emulator.server import GeminiEmulator
 from parley.fleet.local import MediaProcesses, media_process_app
 from parley.front_door import front_door
 from parley.processes import freeze_heap, reload_on_sighup, until_signalled
-from parley.server import EmulatorAddress, build_agent, open_records, start_webhooks
+from parley.server import EmulatorAddress, build_agent, keep_webhooks, open_records, start_webhooks
 from parley.settings import Settings
 
 logger = logging.getLogger("parley")
@@ -72,9 +72,11 @@ async def serve_pool(settings: Settings, tools: ToolRegistry, child_args: list[s
     metrics = Metrics()  # the front door's own event loop
     webhooks = None
     if records is not None:
-        host.on_process_lost = records.end_calls_of_soon  # a child that died cannot end its records...
-        webhooks = start_webhooks(settings, metrics.registry)  # ... nor send their call.ended
+        webhooks = start_webhooks(settings, metrics.registry)
+        await keep_webhooks(webhooks, records, "serve")
         records.announce = webhooks.submit if webhooks is not None else None
+        records.webhooks = webhooks
+        host.on_process_lost = records.end_calls_of_soon  # a child that died can end nothing itself
     await host.start()
     offline = emulator is not None
     app = front_door(settings, host, profiles, records, lambda: offline)
@@ -116,10 +118,10 @@ async def serve_pool(settings: Settings, tools: ToolRegistry, child_args: list[s
         await runner.cleanup()
         await host.close(signal.SIGINT)
         await metrics.stop()
+        if webhooks is not None:  # first: what it could not deliver goes to the outbox
+            await webhooks.stop()
         if records is not None:
             await records.stop()
-        if webhooks is not None:
-            await webhooks.stop()
         if emulator is not None:
             await emulator.stop()
         shutil.rmtree(socket_dir, ignore_errors=True)

@@ -253,15 +253,15 @@ class RunningSignaling:
     async def stop(self) -> None:
         await self.runner.cleanup()
         await self.host.close()
+        if self.webhooks is not None:  # first: what it could not deliver goes to the outbox
+            await self.webhooks.stop()
         if self.records is not None:
             await self.records.stop()
-        if self.webhooks is not None:
-            await self.webhooks.stop()
 
 
 async def start_signaling(settings: Settings) -> RunningSignaling:
     from parley.agent_plans import open_profiles
-    from parley.server import open_records, start_webhooks
+    from parley.server import keep_webhooks, open_records, start_webhooks
 
     # The agents' names, origins and variables are checked here; the tools are the workers' to check.
     profiles = open_profiles(settings)
@@ -272,7 +272,10 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
     if records is not None:
         host.on_worker_gone = records.end_calls_of_soon  # a worker that died cannot end its calls' records
         webhooks = start_webhooks(settings, host.registry)  # ... nor send their call.ended
+        # ... nor the webhooks it had not delivered: this process takes them over, under its own name
+        await keep_webhooks(webhooks, records, f"signaling-{default_worker_id()}")
         records.announce = webhooks.submit if webhooks is not None else None
+        records.webhooks = webhooks
     # On shutdown, requests in flight get as long as a dispatch may take.
     app = create_fleet_app(settings, host, profiles, records)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1)

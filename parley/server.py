@@ -179,6 +179,14 @@ def start_tracing(worker_name: str) -> CallTracer | None:
     return CallTracer(make_provider(__version__), worker_name)
 
 
+async def keep_webhooks(webhooks: WebhookSender | None, records: Records | None, owner: str) -> None:
+    """With a database, webhooks wait in its outbox until delivered, under `owner`; what a dead process
+    under that name left there is queued again."""
+    if webhooks is not None and records is not None:
+        webhooks.use_outbox(records.outbox, owner)
+        await webhooks.resume()
+
+
 def start_webhooks(settings: Settings, registry: CollectorRegistry) -> WebhookSender | None:
     if not settings.webhook_url:
         return None
@@ -228,10 +236,10 @@ class Running:
         await self.runner.cleanup()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.webhooks is not None:  # first: what it could not deliver goes to the outbox
+            await self.webhooks.stop()
         if self.records is not None:
             await self.records.stop()  # after the calls: their last writes go out first
-        if self.webhooks is not None:
-            await self.webhooks.stop()
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)  # exports the last spans
         if self.recordings is not None:
@@ -264,10 +272,10 @@ class Agent:
         await self.metrics.stop()
         if self.emulator is not None:
             await self.emulator.stop()
+        if self.webhooks is not None:  # first: what it could not deliver goes to the outbox
+            await self.webhooks.stop()
         if self.records is not None:
             await self.records.stop()
-        if self.webhooks is not None:
-            await self.webhooks.stop()
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.shutdown)
         if self.recordings is not None:
@@ -315,6 +323,7 @@ async def build_agent(
     options = call_options(settings)
     records = await open_records(settings)
     webhooks = start_webhooks(settings, metrics.registry)
+    await keep_webhooks(webhooks, records, worker_name)
     tracer = start_tracing(worker_name)
     recordings = None
     if settings.record_audio:  # never unless asked: a recording is made only with the setting on

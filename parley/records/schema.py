@@ -54,3 +54,15 @@ call_events = sa.Table(
     sa.Column("data", sa.JSON),
     sa.Index("ix_call_events_at", "at"),
 )
+
+# Webhooks submitted and not yet delivered (or given up on), by the process that sends them: a process
+# that starts under a dead one's name, or the front door of one that died, sends them (webhooks.py).
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float(53), nullable=False),
+    sa.Column("event", sa.JSON, nullable=False),
+    sa.Index("ix_webhook_outbox_owner", "owner", "created_at"),
+)

@@ -12,9 +12,11 @@ from typing import Any
 
 from parley.records.cost import DEFAULT_PRICES, Prices
 from parley.records.database import make_engine, safe_url, upgrade
+from parley.records.outbox import WebhookOutbox
 from parley.records.recorder import Announce, CallRecorder
 from parley.records.shape import iso, present
 from parley.records.store import CallQuery, CallStore, DeleteBefore, EndCallsOf
+from parley.records.webhooks import WebhookSender
 from parley.records.writer import RecordWriter
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,12 @@ class Records:
         self.options = options
         self.engine = make_engine(options.database_url)
         self.store = CallStore(self.engine)
+        self.outbox = WebhookOutbox(self.engine)  # webhooks not yet delivered
         self.writer = RecordWriter(self.store.apply, options.queue_size, retry_max_s=options.retry_max_s)
         self._sweeper: asyncio.Task[None] | None = None
         self.announce: Announce | None = None  # told "call.ended" of each call ended for a lost worker
-        self._endings: set[asyncio.Task[list[str]]] = set()
+        self.webhooks: WebhookSender | None = None  # takes over a lost worker's undelivered webhooks
+        self._endings: set[asyncio.Task[Any]] = set()
 
     async def start(self, migrate: bool = True) -> None:
         if migrate:
@@ -100,10 +104,16 @@ class Records:
         return ids
 
     def end_calls_of_soon(self, worker: str) -> None:
-        """end_calls_of in a task of its own, patient for 10 minutes (the signaling service's watch)."""
+        """A worker that died: end_calls_of in a task of its own, patient for 10 minutes (the watch of
+        the signaling service, or of `serve --processes`' front door), and, with `webhooks`, take over
+        the webhooks it had not delivered."""
         task = asyncio.create_task(self.end_calls_of(worker, patience_s=600), name=f"end-calls-of-{worker}")
         self._endings.add(task)
         task.add_done_callback(self._endings.discard)
+        if self.webhooks is not None:
+            adopting = asyncio.create_task(self.webhooks.adopt(worker), name=f"webhooks-of-{worker}")
+            self._endings.add(adopting)
+            adopting.add_done_callback(self._endings.discard)
 
     # --- retention ------------------------------------------------------------------------------
 

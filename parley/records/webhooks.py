@@ -6,6 +6,11 @@ refuses a `t` more than a few minutes old, so a captured delivery cannot be repl
 `verify_signature`, and the snippet in README.md). A delivery that fails is retried with back-off
 (1 s doubling, up to `attempts` tries, each re-signed with a fresh time), then dropped and counted; a
 full queue drops and counts too. Nothing here ever waits on a call's behalf.
+
+With an outbox (the records database's, `use_outbox`), each webhook is also kept there from its
+submission until it is delivered or given up on, under the sender's `owner` name: a process that is
+killed leaves its undelivered webhooks there, for the next process under its name (`resume`) or the
+front door that saw it die (`adopt`). A webhook may then arrive twice; its `id` says it is the same.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,6 +55,12 @@ def verify_signature(secret: str, header: str, body: bytes, tolerance_s: float =
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
+class Outbox(Protocol):
+    async def keep(self, owner: str, event: dict[str, Any]) -> None: ...
+    async def done(self, event_id: str) -> None: ...
+    async def claim(self, owner: str, claimant: str) -> list[dict[str, Any]]: ...
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -68,8 +79,12 @@ class WebhookSender:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.timeout_s = timeout_s
-        self._queue: deque[dict[str, Any]] = deque()
+        # each webhook with its write to the outbox (awaited before the first attempt, so a delivery's
+        # removal from the outbox never comes before its keeping)
+        self._queue: deque[tuple[dict[str, Any], asyncio.Task[None] | None]] = deque()
         self._ready = asyncio.Event()
+        self.outbox: Outbox | None = None
+        self.owner = ""
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
         self.dropped = 0  # given up after every attempt failed, or the queue was full
@@ -79,11 +94,35 @@ class WebhookSender:
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
             return False
-        self._queue.append(
-            {"id": uuid.uuid4().hex, "type": event_type, "created": round(time.time(), 3), "call": call}
-        )
+        event = {"id": uuid.uuid4().hex, "type": event_type, "created": round(time.time(), 3), "call": call}
+        kept = None
+        if self.outbox is not None:
+            kept = asyncio.create_task(self.outbox.keep(self.owner, event), name="webhook-keep")
+        self._queue.append((event, kept))
         self._ready.set()
         return True
+
+    def use_outbox(self, outbox: Outbox, owner: str) -> None:
+        self.outbox, self.owner = outbox, owner
+
+    async def resume(self) -> int:
+        """Queue what a dead process under this sender's name left in the outbox; returns how many."""
+        return await self.adopt(self.owner)
+
+    async def adopt(self, owner: str) -> int:
+        """Take over the undelivered webhooks of `owner` (a process that died); returns how many."""
+        if self.outbox is None:
+            return 0
+        try:
+            left = await self.outbox.claim(owner, self.owner)
+        except Exception as exc:  # the database is down: they wait there for the next claim
+            logger.warning("could not read the webhook outbox: %s", type(exc).__name__)
+            return 0
+        self._queue.extend((event, None) for event in left)
+        if left:
+            logger.warning("%d undelivered webhooks of %s queued again", len(left), owner)
+            self._ready.set()
+        return len(left)
 
     def start(self) -> None:
         if self._task is None:
@@ -101,6 +140,9 @@ class WebhookSender:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        # what is left undelivered is at least in the outbox, for the next process under this name
+        keeping = [kept for _, kept in self._queue if kept is not None]
+        await asyncio.gather(*keeping, return_exceptions=True)
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
@@ -109,9 +151,13 @@ class WebhookSender:
                 if not self._queue:
                     self._ready.clear()
                     await self._ready.wait()
-                event = self._queue[0]
+                event, kept = self._queue[0]
+                if kept is not None:
+                    await self._outbox_call(kept)
                 delivered = await self._deliver(session, event)
                 self._queue.popleft()
+                if self.outbox is not None:
+                    await self._outbox_call(self.outbox.done(event["id"]))
                 if delivered:
                     self.delivered += 1
                 else:
@@ -122,6 +168,13 @@ class WebhookSender:
                         str(event["call"].get("id", ""))[:8],
                         self.attempts,
                     )
+
+    async def _outbox_call(self, call: Any) -> None:
+        """The outbox is a safety net: a database that fails it costs the durability, not the webhook."""
+        try:
+            await call
+        except Exception as exc:
+            logger.warning("webhook outbox: %s", type(exc).__name__)
 
     async def _deliver(self, session: aiohttp.ClientSession, event: dict[str, Any]) -> bool:
         body = json.dumps(event, separators=(",", ":")).encode()
