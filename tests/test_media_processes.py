@@ -47,20 +47,27 @@ class Pool:
         return [p["pid"] for p in self.health["processes"]]
 
 
-@pytest.fixture
-async def pool(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Pool]:  # noqa: F811
-    receiver.refuse_first = 0  # a process's undelivered webhooks die with it: deliver them at once
-    port = free_port()
+def serve_env(db: Path, webhook_url: str) -> dict[str, str]:
+    """`parley serve`'s environment for these tests: the offline emulator, loopback ICE, records in
+    `db`, signed webhooks to `webhook_url`."""
     env = {
         **os.environ,
         "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
-        "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'records.db'}",
-        "PARLEY_WEBHOOK_URL": receiver.url,
+        "PARLEY_DATABASE_URL": f"sqlite:///{db}",
+        "PARLEY_WEBHOOK_URL": webhook_url,
         "PARLEY_WEBHOOK_SECRET": SECRET,
         "PARLEY_DISPATCH_TIMEOUT": "3",  # how long the front door waits for a media process's answer
     }
     for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "PARLEY_PROCESSES"):
         env.pop(key, None)
+    return env
+
+
+@pytest.fixture
+async def pool(tmp_path: Path, receiver: Receiver) -> AsyncIterator[Pool]:  # noqa: F811
+    receiver.refuse_first = 0  # deliver at once
+    port = free_port()
+    env = serve_env(tmp_path / "records.db", receiver.url)
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "parley.cli", "serve", "--processes", "2", "--port", str(port)],
         cwd=ROOT,

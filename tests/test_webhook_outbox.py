@@ -16,7 +16,7 @@ import aiohttp
 
 from parley.caller import Caller
 from tests.test_lifecycle import ROOT, free_port
-from tests.test_media_processes import SPEECH, converse
+from tests.test_media_processes import SPEECH, converse, serve_env
 from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401 - the fixture
 from tests.waiting import interrupt, wait_until
 
@@ -31,15 +31,7 @@ def outbox(db: Path) -> list[tuple[str, str]]:
 
 async def start_serve(db: Path, receiver: Receiver, *args: str) -> tuple[asyncio.subprocess.Process, str]:  # noqa: F811
     port = free_port()
-    env = {
-        **os.environ,
-        "PARLEY_ICE_HOST_ADDRESSES": "127.0.0.1",
-        "PARLEY_DATABASE_URL": f"sqlite:///{db}",
-        "PARLEY_WEBHOOK_URL": receiver.url,
-        "PARLEY_WEBHOOK_SECRET": SECRET,
-    }
-    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "PARLEY_PROCESSES"):
-        env.pop(key, None)
+    env = serve_env(db, receiver.url)
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "parley.cli", "serve", "--port", str(port), *args), cwd=ROOT, env=env
     )
