@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.set_defaults(run=_serve)
     # `parley serve --processes`' children: not for use by hand
-    media = commands.add_parser("media-process")
+    media = commands.add_parser(
+        "media-process", help="internal: one of the media processes of `serve --processes`"
+    )
     media.add_argument("--index", type=int, required=True)
     media.add_argument("--socket", required=True)
     media.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
