@@ -42,6 +42,8 @@ logger = logging.getLogger("parley")
 
 def process_count(requested: int) -> int:
     """0: one per core this process may run on."""
+    if requested < 0:
+        raise SystemExit(f"--processes (PARLEY_PROCESSES) must be 0 (one per core) or more, got {requested}")
     if requested > 0:
         return requested
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -281,3 +281,5 @@ def test_processes_zero_means_one_per_core_this_process_may_use() -> None:
 
     assert process_count(3) == 3
     assert process_count(0) == len(os.sched_getaffinity(0))
+    with pytest.raises(SystemExit, match="PARLEY_PROCESSES"):
+        process_count(-1)
