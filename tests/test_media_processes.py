@@ -160,10 +160,20 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     def announced(kind: str) -> dict[str, str]:
         return {e["call"]["id"]: e["call"].get("end_reason") for e in receiver.events if e["type"] == kind}
 
-    first, second = Caller(pool.url), Caller(pool.url)
+    first, second, hung = Caller(pool.url), Caller(pool.url), Caller(pool.url)
     await asyncio.gather(converse(first), converse(second))
-    await wait_until(lambda: len(announced("call.started")) == 2, 30, "both calls' call.started")
-    doomed = (await first.call_state())["worker"]
+    await converse(hung)
+    await wait_until(lambda: len(announced("call.started")) == 3, 30, "the calls' call.started")
+    # `hung` is hung up just before its process dies, sooner than the front door's next look at its
+    # calls: it ended as hung up, not lost
+    doomed = (await hung.call_state())["worker"]
+    hung_path = (hung.call_url or "").removeprefix(pool.url)
+    assert await hung.hang_up() == 204
+    if (await second.call_state())["worker"] == doomed:
+        first, second = second, first  # `first`: the other call of the doomed process
+    assert (await first.call_state())["worker"] == doomed
+    hung_id = hung_path.rsplit("/", 1)[-1]
+    await wait_until(lambda: hung_id in announced("call.ended"), 10, "the hung-up call's call.ended")
     health = await pool.healthz()
     victim = next(p["pid"] for p in health["processes"] if p["worker"] == doomed)
     os.kill(victim, signal.SIGKILL)
@@ -183,6 +193,8 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     assert lost["state"] == "ended" and lost["end_reason"] == "worker_lost", lost
     survivor = await second.call_state()
     assert survivor["state"] == "active", survivor  # the other process's call goes on
+    status, record = await pool.get(hung_path)
+    assert status == 200 and record["end_reason"] == "hangup", record
     await first.hang_up()
 
     again = Caller(pool.url)  # the restarted process takes calls
@@ -192,9 +204,10 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     assert await second.hang_up() == 204
     # the dead process could not say its call ended: the front door did, and the others said theirs
     lost_id, survivor_id = lost["call"], survivor["call"]
-    await wait_until(lambda: len(announced("call.ended")) == 3, 30, "call.ended of all three calls")
+    await wait_until(lambda: len(announced("call.ended")) == 4, 30, "call.ended of all four calls")
     ended = announced("call.ended")
     assert ended[lost_id] == "worker_lost" and ended[survivor_id] == "hangup", ended
+    assert ended[hung_id] == "hangup", ended
     assert receiver.bad_signatures == 0
 
     pids = pool.pids()

@@ -294,7 +294,8 @@ class MediaProcesses:
         return {**(summary if isinstance(summary, dict) else {}), "worker": child.name}
 
     async def end_call(self, call_id: str, reason: str = "hangup") -> None:
-        await self._ask_holder(call_id, {"op": "end", "reason": reason})
+        child, _ = await self._ask_holder(call_id, {"op": "end", "reason": reason})
+        child.calls.discard(call_id)  # ended: were its process to die before the next stats, not "lost"
 
     async def resume_call(self, call_id: str, offer_sdp: str) -> str:
         try:
