@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from parley.agent.metrics import parse_histograms
 from parley.caller import Caller, load_wav
 from tests.test_lifecycle import ROOT, free_port
 from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401 - the fixture
@@ -128,6 +129,11 @@ async def test_calls_spread_over_the_media_processes_and_each_is_heard_ended_and
     assert status == 200
     lag = next(f for f in text_string_to_metric_families(text) if f.name == "parley_event_loop_lag_seconds")
     assert {s.labels["process"] for s in lag.samples} == {"front", "serve-1", "serve-2"}
+    frames = next(f for f in text_string_to_metric_families(text) if f.name == "parley_uplink_frames")
+    decoded = {s.labels["process"]: s.value for s in frames.samples if s.labels["outcome"] == "decoded"}
+    assert decoded["serve-1"] > 0 and decoded["serve-2"] > 0, decoded  # both callers were heard
+    summed = parse_histograms(text)["parley_uplink_frames_total{outcome=decoded}"]  # as bench reads it
+    assert summed == sum(decoded.values()), (summed, decoded)
 
     call_urls = [c.call_url for c in callers]
     assert [await c.hang_up() for c in callers] == [204, 204]

@@ -238,7 +238,7 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | 
 
 def parse_histograms(text: str, leave_out: str | None = None) -> dict[str, Any]:
     """Histogram buckets, sums and counts (and plain samples) from Prometheus text, for tests and bench.
-    A histogram of several processes (`parley serve --processes`) is summed bucket by bucket; samples
+    Several processes' samples (`parley serve --processes`) are summed, histograms bucket by bucket; samples
     whose `process` label is `leave_out` are left out (the front door's, to judge the calls' loops)."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -256,6 +256,7 @@ def parse_histograms(text: str, leave_out: str | None = None) -> dict[str, Any]:
             out[family.name] = {"buckets": sorted(buckets.items()), "sum": total, "count": count}
         else:
             for s in samples:
-                key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
-                out[key] = s.value
+                labels = sorted((k, v) for k, v in s.labels.items() if k != "process")
+                key = s.name + "".join(f"{{{k}={v}}}" for k, v in labels)
+                out[key] = out.get(key, 0.0) + s.value
     return out
