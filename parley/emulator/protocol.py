@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -53,11 +54,15 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+# Cached: every message of every session looks up the same few names (a third of the emulator's
+# per-message cost before); bounded, as clients choose the keys.
+@functools.lru_cache(maxsize=4096)
 def to_camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+@functools.lru_cache(maxsize=4096)
 def to_snake(name: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
 
