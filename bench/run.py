@@ -57,7 +57,10 @@ def yield_to_server(pid: int = 0) -> None:
     SCHED_IDLE, on every core. For rows that judge the server's event loop on a machine too small to give
     the callers and Gemini cores of their own; what that process measures itself (round trips, frames a
     second) is then not the server's."""
-    threads = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()] if pid else [0]
+    threads = [] if pid else [0]
+    if pid:
+        with contextlib.suppress(OSError):  # gone: nothing to do
+            threads = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
     for thread in threads:  # both calls set one thread only
         with contextlib.suppress(OSError):
             os.sched_setaffinity(thread, range(os.cpu_count() or 1))
