@@ -34,7 +34,7 @@ from parley.emulator.server import GeminiEmulator
 from parley.fleet.local import MediaProcesses, media_process_app
 from parley.front_door import front_door
 from parley.processes import freeze_heap, reload_on_sighup, until_signalled
-from parley.server import EmulatorAddress, build_agent, keep_webhooks, open_records, start_webhooks
+from parley.server import EmulatorAddress, build_agent, open_records, start_webhooks, webhooks_for_the_lost
 from parley.settings import Settings
 
 logger = logging.getLogger("parley")
@@ -75,9 +75,7 @@ async def serve_pool(settings: Settings, tools: ToolRegistry, child_args: list[s
     webhooks = None
     if records is not None:
         webhooks = start_webhooks(settings, metrics.registry)
-        await keep_webhooks(webhooks, records, "serve")
-        records.announce = webhooks.submit if webhooks is not None else None
-        records.webhooks = webhooks
+        await webhooks_for_the_lost(webhooks, records, "serve")
         host.on_process_lost = records.end_calls_of_soon  # a child that died can end nothing itself
     await host.start()
     offline = emulator is not None

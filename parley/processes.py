@@ -261,7 +261,7 @@ class RunningSignaling:
 
 async def start_signaling(settings: Settings) -> RunningSignaling:
     from parley.agent_plans import open_profiles
-    from parley.server import keep_webhooks, open_records, start_webhooks
+    from parley.server import open_records, start_webhooks, webhooks_for_the_lost
 
     # The agents' names, origins and variables are checked here; the tools are the workers' to check.
     profiles = open_profiles(settings)
@@ -273,9 +273,7 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
         host.on_worker_gone = records.end_calls_of_soon  # a worker that died cannot end its calls' records
         webhooks = start_webhooks(settings, host.registry)  # ... nor send their call.ended
         # ... nor the webhooks it had not delivered: this process takes them over, under its own name
-        await keep_webhooks(webhooks, records, f"signaling-{default_worker_id()}")
-        records.announce = webhooks.submit if webhooks is not None else None
-        records.webhooks = webhooks
+        await webhooks_for_the_lost(webhooks, records, f"signaling-{default_worker_id()}")
     # On shutdown, requests in flight get as long as a dispatch may take.
     app = create_fleet_app(settings, host, profiles, records)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1)

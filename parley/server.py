@@ -187,6 +187,15 @@ async def keep_webhooks(webhooks: WebhookSender | None, records: Records | None,
         await webhooks.resume()
 
 
+async def webhooks_for_the_lost(webhooks: WebhookSender | None, records: Records, owner: str) -> None:
+    """For a process that watches others die (`serve --processes`' front door, `parley signaling`):
+    its own webhooks kept under `owner`, and it sends the call.ended of a dead process's calls and the
+    webhooks that process had not delivered."""
+    await keep_webhooks(webhooks, records, owner)
+    records.announce = webhooks.submit if webhooks is not None else None
+    records.webhooks = webhooks
+
+
 def start_webhooks(settings: Settings, registry: CollectorRegistry) -> WebhookSender | None:
     if not settings.webhook_url:
         return None
