@@ -32,6 +32,7 @@ from typing import Any
 from google import genai
 from google.genai import types
 
+from parley.agent.audio_message import AudioChunkSender
 from parley.agent.audio_outbox import AudioOutbox
 from parley.agent.gemini_setup import connect_config, refused_setting, seed_turns
 from parley.agent.live_config import SessionConfig, greeting_text
@@ -63,6 +64,7 @@ class _Connection:
         self.opened_at = time.monotonic()
         self.generating = False
         self.goaway_deadline: float | None = None
+        self.audio = AudioChunkSender(live, INPUT_MIME, None)
 
 
 def parse_duration_s(value: str | None) -> float:
@@ -243,6 +245,7 @@ class GeminiSession:
             await stack.aclose()
             raise
         conn = _Connection(live, stack, replacement)
+        conn.audio = await AudioChunkSender.for_session(live, INPUT_MIME)
         self.stats.connections += 1
         if self.stats.connections > 1:
             self.stats.reconnects += 1
@@ -335,7 +338,7 @@ class GeminiSession:
                 await conn.live.send_realtime_input(audio_stream_end=True)
                 self._audio.sent()
                 continue
-            await conn.live.send_realtime_input(audio=types.Blob(data=chunk, mime_type=INPUT_MIME))
+            await conn.audio.send(chunk)
             if arrived_at:
                 self._listener.on_audio_sent(time.monotonic() - arrived_at)
             self._audio.sent()

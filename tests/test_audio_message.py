@@ -1,0 +1,109 @@
+"""The caller's audio chunks, written by template, reach the service as the SDK itself would send them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from google.genai import _common, types
+
+from parley.agent import audio_message
+from parley.agent.audio_message import AudioChunkSender, _sdk_message
+from parley.emulator.server import EmulatorOptions, GeminiEmulator
+from tests.test_emulator import (
+    MIME,
+    MODEL,
+    SPEECH,
+    _resample,
+    client_for,
+    correlation,
+    live_config,
+    receive_turn,
+    voiced_end,
+)
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[GeminiEmulator]:
+    options = EmulatorOptions(reply_speed=40.0, playout_speed=40.0, reply_delay_s=0.02, rules="2.5")
+    emulator = GeminiEmulator(options=options)
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_templates() -> None:
+    audio_message._templates.clear()
+
+
+async def test_spoken_chunks_are_heard_and_echoed_whole(emu: GeminiEmulator) -> None:
+    spoken = SPEECH[: voiced_end(SPEECH, 16000)]
+    pcm = spoken.astype("<i2").tobytes()
+    async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+        sender = await AudioChunkSender.for_session(session, MIME)
+        assert sender.fast
+        for offset in range(0, len(pcm), 640):
+            await sender.send(pcm[offset : offset + 640])
+        await session.send_realtime_input(audio_stream_end=True)
+        turn = await receive_turn(session)
+    assert emu.connections[-1].audio_bytes_received == len(pcm)
+    assert "user speech" in turn.input_text()
+    assert correlation(spoken, _resample(turn.samples(), 24000, 16000)) > 0.9
+
+
+async def test_the_template_writes_what_the_sdk_writes(emu: GeminiEmulator) -> None:
+    async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+        sender = await AudioChunkSender.for_session(session, MIME)
+        sent: list[str] = []
+
+        class Tap:
+            async def send(self, message: str) -> None:
+                sent.append(message)
+
+        real_socket, session._ws = session._ws, Tap()
+        try:
+            for size in (0, 2, 3, 640, 641, 1280, 3200):
+                chunk = os.urandom(size)
+                await sender.send(chunk)
+                assert sent[-1] == await _sdk_message(session._api_client, chunk, MIME), size
+        finally:
+            session._ws = real_socket
+
+
+async def test_an_sdk_that_writes_chunks_differently_gets_every_chunk(
+    emu: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encode = _common.encode_unserializable_types
+
+    def with_a_length(data: Any) -> Any:
+        out = encode(data)
+        if isinstance(out, dict) and isinstance(out.get("audio"), dict):
+            out["audio"]["length"] = len(out["audio"]["data"])  # a field that depends on the chunk
+        return out
+
+    async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+        monkeypatch.setattr(_common, "encode_unserializable_types", with_a_length)
+        sender = await AudioChunkSender.for_session(session, MIME)
+        monkeypatch.undo()
+        assert not sender.fast
+        await sender.send(b"\x01\x00" * 320)
+        await asyncio.sleep(0.1)
+    assert emu.connections[-1].audio_bytes_received == 640
+
+
+def test_a_session_without_the_sdk_socket_is_sent_through_the_sdk() -> None:
+    class Elsewhere:
+        async def send_realtime_input(self, **kw: Any) -> None:
+            self.blob = kw["audio"]
+
+    session = Elsewhere()
+    sender = asyncio.run(AudioChunkSender.for_session(session, MIME))
+    assert not sender.fast
+    asyncio.run(sender.send(b"ab"))
+    assert session.blob == types.Blob(data=b"ab", mime_type=MIME)
