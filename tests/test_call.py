@@ -142,3 +142,21 @@ async def test_a_caller_that_vanishes_is_noticed_by_the_no_media_timeout(
         if caller.returncode is None:
             caller.kill()
         await running.stop()
+
+
+async def test_the_agents_sender_keeps_no_copies_of_what_it_sent(url: str, server: Running) -> None:
+    # aiortc would keep 128 packets per call for NACKs that audio never gets: garbage-collector work
+    caller = Caller(url)
+    await caller.connect()
+    try:
+        caller.say(SPEECH[:RATE])
+        await caller.wait_for_event("agent_turn_start", timeout_s=15)
+        await asyncio.sleep(0.5)
+        (call,) = server.worker.calls.values()
+        sender = next(t.sender for t in call.pc.getTransceivers() if t.kind == "audio")
+        stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
+        history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+    finally:
+        await caller.hang_up()
+    assert stats[0].packetsSent > 50
+    assert len(history) == 0

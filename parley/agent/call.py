@@ -193,7 +193,7 @@ class Call:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
         transceiver = audio[0]
-        transceiver.sender.replaceTrack(self.track)
+        self.track.send_on(transceiver.sender)
         transceiver.direction = "sendrecv"
         tap_receiver(transceiver.receiver, self.uplink)
         for extra in audio[1:]:

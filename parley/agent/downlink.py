@@ -14,6 +14,7 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -21,6 +22,7 @@ import opuslib
 import opuslib.api.ctl as opus_ctl
 import opuslib.api.encoder as opus_encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpsender import RTCRtpSender
 
 PLAYOUT_RATE = 48000
 FRAME_SAMPLES = PLAYOUT_RATE // 50  # 20 ms: longer frames become several packets with one timestamp
@@ -214,6 +216,11 @@ class MonoOpusEncoder:
         return packet
 
 
+class _NoHistory(dict[int, Any]):
+    def __setitem__(self, key: int, value: Any) -> None:
+        pass
+
+
 class PlayoutTrack(MediaStreamTrack):
     """The agent's voice: exactly 20 ms s16 mono 48 kHz frames, paced on a monotonic clock.
 
@@ -330,6 +337,21 @@ class PlayoutTrack(MediaStreamTrack):
             for callback in callbacks:
                 callback()
         return frame
+
+    def send_on(self, sender: RTCRtpSender) -> None:
+        """Be what `sender` sends, and make it keep no copies of the packets (aiortc 1.16's private
+        attribute). aiortc keeps the last 128 for retransmission on a NACK, which only video negotiates
+        (its Opus offers and answers carry no rtcp-fb: no browser NACKs audio). They were dead weight for
+        the collector: four tracked objects a packet, all young (replaced every 2.6 s), ~10,000 in a
+        20-call process, each young-generation collection walking them all: 3-10 ms pauses
+        (docs/benchmarks.md, "RTP history")."""
+        attribute = "_RTCRtpSender__rtp_history"
+        if not hasattr(sender, attribute):
+            raise RuntimeError(
+                "this aiortc version has no sender packet history to replace; pin aiortc==1.16.0"
+            )
+        setattr(sender, attribute, _NoHistory())
+        sender.replaceTrack(self)
 
     def _skip_silence(self, now: float, due: float) -> None:
         """Silence not sent (DTX, or a stalled loop) is skipped in the RTP clock, in whole frames (a
