@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench.testsignal import FRAME, RATE, TestSignal, make_signal
 from bench.video import PacketCamera
-from parley.agent.downlink import DTX_REFRESH_S
+from parley.agent.downlink import DTX_REFRESH_S, drop_rtp_history
 from parley.agent.ice import offer_host_addresses, rtc_configuration
 from parley.agent.metrics import sample_loop_lag
 from parley.agent.uplink import OpusUplink, tap_receiver
@@ -118,7 +118,7 @@ class BenchCall:
 
     async def connect(self, session: aiohttp.ClientSession) -> None:
         pc = self.pc
-        pc.addTrack(self.mic)
+        drop_rtp_history(pc.addTrack(self.mic))  # its garbage-collector pauses would burst the packets
         transceiver = pc.getTransceivers()[0]
         tap_receiver(transceiver.receiver, self.downlink)
         if self.camera is not None:

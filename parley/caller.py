@@ -27,7 +27,7 @@ from aiortc import RTCDataChannel, RTCIceTransportPolicy, RTCPeerConnection, RTC
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from parley.agent.downlink import DTX_REFRESH_S
+from parley.agent.downlink import DTX_REFRESH_S, drop_rtp_history
 from parley.agent.ice import rtc_configuration
 from parley.agent.uplink import OpusUplink, tap_receiver
 from parley.agent.vad import dbfs
@@ -229,6 +229,7 @@ class Caller:
         """Call the server; with `resume`, rejoin that call on this new connection."""
         pc = self.pc
         sender = pc.addTrack(self.mic)
+        drop_rtp_history(sender)
         if self._fec or self._encoder is not None:
             # aiortc makes its encoder at the first frame; one put there first is used instead.
             sender._RTCRtpSender__encoder = self._encoder or FecOpusEncoder()  # type: ignore[attr-defined]

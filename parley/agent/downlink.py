@@ -221,6 +221,20 @@ class _NoHistory(dict[int, Any]):
         pass
 
 
+def drop_rtp_history(sender: RTCRtpSender) -> None:
+    """Make an audio sender keep no copies of the packets it sent (aiortc 1.16's private attribute).
+
+    aiortc keeps the last 128 for retransmission on a NACK, which only video negotiates (its Opus
+    offers and answers carry no rtcp-fb: no browser NACKs audio). They were dead weight for the
+    collector: four tracked objects a packet, all young (replaced every 2.6 s), ~10,000 in a 20-call
+    process, each young-generation collection walking them all: 3-10 ms pauses (docs/benchmarks.md,
+    "RTP history")."""
+    attribute = "_RTCRtpSender__rtp_history"
+    if not hasattr(sender, attribute):
+        raise RuntimeError("this aiortc version has no sender packet history to replace; pin aiortc==1.16.0")
+    setattr(sender, attribute, _NoHistory())
+
+
 class PlayoutTrack(MediaStreamTrack):
     """The agent's voice: exactly 20 ms s16 mono 48 kHz frames, paced on a monotonic clock.
 
@@ -339,18 +353,7 @@ class PlayoutTrack(MediaStreamTrack):
         return frame
 
     def send_on(self, sender: RTCRtpSender) -> None:
-        """Be what `sender` sends, and make it keep no copies of the packets (aiortc 1.16's private
-        attribute). aiortc keeps the last 128 for retransmission on a NACK, which only video negotiates
-        (its Opus offers and answers carry no rtcp-fb: no browser NACKs audio). They were dead weight for
-        the collector: four tracked objects a packet, all young (replaced every 2.6 s), ~10,000 in a
-        20-call process, each young-generation collection walking them all: 3-10 ms pauses
-        (docs/benchmarks.md, "RTP history")."""
-        attribute = "_RTCRtpSender__rtp_history"
-        if not hasattr(sender, attribute):
-            raise RuntimeError(
-                "this aiortc version has no sender packet history to replace; pin aiortc==1.16.0"
-            )
-        setattr(sender, attribute, _NoHistory())
+        drop_rtp_history(sender)
         sender.replaceTrack(self)
 
     def _skip_silence(self, now: float, due: float) -> None:
