@@ -195,6 +195,9 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
         await asyncio.sleep(0.1)
     else:
         raise AssertionError(f"{doomed} was not started again within 60 s")
+    health = await pool.healthz()
+    # the dead process's counters stay in the sums (its replacement counts from 0); its call was lost
+    assert health["calls_started"] == 3 and health["calls_ended"].get("worker_lost") == 1, health
     lost = await first.call_state()
     assert lost["state"] == "ended" and lost["end_reason"] == "worker_lost", lost
     survivor = await second.call_state()

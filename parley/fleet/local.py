@@ -115,6 +115,9 @@ class MediaProcesses:
         self.children = [MediaProcess(i, str(socket_dir / f"media-{i}.sock")) for i in range(1, count + 1)]
         self.on_process_lost: Callable[[str], None] | None = None  # told the worker name of a child that died
         self.lost_calls: OrderedDict[str, str] = OrderedDict()  # call id -> worker name
+        # the counters of children that died: a restarted child counts from 0, the sums must not
+        self._retired_started = 0
+        self._retired_ended: dict[str, int] = {}
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -162,6 +165,7 @@ class MediaProcesses:
                 self.lost_calls[call_id] = child.name
             while len(self.lost_calls) > LOST_CALLS_KEPT:
                 self.lost_calls.popitem(last=False)
+            self._retire(child, len(lost))
             child.calls.clear()
             child.restarts += 1
             if self.on_process_lost is not None:
@@ -173,6 +177,15 @@ class MediaProcesses:
                 await self._spawn(child)
             except RuntimeError as exc:
                 logger.error("%s", exc)
+
+    def _retire(self, child: MediaProcess, lost: int) -> None:
+        """Keep a dead child's counters in the sums, its lost calls counted as ended (worker_lost)."""
+        self._retired_started += int(child.stats.get("calls_started", 0))
+        for reason, n in (child.stats.get("calls_ended") or {}).items():
+            self._retired_ended[reason] = self._retired_ended.get(reason, 0) + int(n)
+        if lost:
+            self._retired_ended["worker_lost"] = self._retired_ended.get("worker_lost", 0) + lost
+        child.stats = {}
 
     async def _poll_stats(self) -> None:
         while not self.stopping:
@@ -305,13 +318,14 @@ class MediaProcesses:
         return str(reply["sdp"])
 
     def stats(self) -> dict[str, Any]:
-        ended: dict[str, int] = {}
+        ended = dict(self._retired_ended)
         for child in self.children:
             for reason, n in (child.stats.get("calls_ended") or {}).items():
                 ended[reason] = ended.get(reason, 0) + int(n)
         return {
             "active_calls": sum(len(c.calls) for c in self.children),
-            "calls_started": sum(int(c.stats.get("calls_started", 0)) for c in self.children),
+            "calls_started": self._retired_started
+            + sum(int(c.stats.get("calls_started", 0)) for c in self.children),
             "calls_ended": ended,
             "processes": [
                 {
