@@ -131,8 +131,9 @@ def bargein_table(b: dict[str, Any]) -> list[str]:
 def stalls_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| server | calls | loop lag p50 / p99 ms | max ms (at most) | samples | CPU (core) "
-        "| min frames/s | caller frames decoded per call-s | answers | load generator lag p99 ms |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| min frames/s | caller frames decoded per call-s | answers | load generator lag p99 ms "
+        "| host loop ms |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lag, load = r.get("loop_lag", {}), r["load"]
@@ -144,7 +145,7 @@ def stalls_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {fmt(r.get('cpu_core_share'), 2)} "
             f"| {fmt(load['frames_per_s']['min'])} | {fmt(decoded)} "
             f"| {fmt(r.get('response', {}).get('count'), 0)} "
-            f"| {fmt(load['loadgen_loop_lag_ms']['p99'])} |"
+            f"| {fmt(load['loadgen_loop_lag_ms']['p99'])} | {fmt(r.get('host_loop_ms'), 0)} |"
         )
     return out
 
@@ -253,7 +254,8 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
     m = results["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
-        f"aiortc {m['aiortc']}; {m['date']}; load average before the run {m['load_before']}.",
+        f"aiortc {m['aiortc']}; {m['date']}; load average before the run {m['load_before']}"
+        f"; a fixed Python loop took {m.get('host_loop_ms', '?')} ms of CPU (bench/run.py: host_loop_ms).",
         "",
     ]
     if results.get("capacity"):
@@ -323,6 +325,8 @@ def write_report(results: dict[str, Any], path: Path, docs: Path) -> None:
             '"server first": the load generator and the emulator run at SCHED_IDLE, on CPU time the',
             "server's processes leave, as if the callers and Gemini were on other machines; their own",
             "figures (frames/s, their loop lag) are then not the server's, the frames it decoded are.",
+            '"host loop": CPU ms of a fixed Python loop just before the row (bench/run.py: host_loop_ms);',
+            "it grows when a shared host's neighbours slow this machine down, and the CPU and lag with it.",
             "",
         ]
     docs.mkdir(parents=True, exist_ok=True)

@@ -394,6 +394,7 @@ def stall_step(
     server: Server, kind: str, n: int, seconds: float, processes: int = 1, server_first: bool = False
 ) -> dict[str, Any]:
     args = ["--calls", str(n), "--seconds", str(seconds), "--measure-setup", "--ramp", "0.1"]
+    speed = host_loop_ms()
     if server_first:  # its own loop lags by design here: no second attempt
         result, numbers = loadgen(server, args, server_first=True)
     else:
@@ -410,9 +411,9 @@ def stall_step(
         f" cpu={numbers.get('cpu_core_share')} core fps={result['frames_per_s']['min']}"
         f" decoded={numbers.get('uplink_decoded')}"
         f" turns={numbers.get('response', {}).get('count')}"
-        f" loadgen lag99={result['loadgen_loop_lag_ms']['p99']}"
+        f" loadgen lag99={result['loadgen_loop_lag_ms']['p99']} host loop={speed} ms"
     )
-    return {"server": name, "calls": n, **numbers, "load": result}
+    return {"server": name, "calls": n, **numbers, "load": result, "host_loop_ms": speed}
 
 
 def setup_times(servers: dict[str, Server], calls: int) -> dict[str, Any]:
@@ -505,6 +506,16 @@ def bargein(server: Server, rounds: int) -> dict[str, Any]:
     return out
 
 
+def host_loop_ms() -> float:
+    """CPU milliseconds of a fixed pure-Python loop: how fast this machine runs Python right now. On a
+    shared host it grows when the neighbours are busy (the same loop took 380 ms quiet, 500-700 ms
+    contended, on the 2026-12-07 machine), which is what a row's CPU and lag figures are measured in."""
+    started, total = time.process_time(), 0
+    for i in range(3_000_000):
+        total += i * i
+    return round((time.process_time() - started) * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -522,6 +533,7 @@ def machine() -> dict[str, Any]:
         "aiortc": aiortc.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_before": os.getloadavg(),
+        "host_loop_ms": host_loop_ms(),
     }
 
 
