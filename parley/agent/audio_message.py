@@ -1,12 +1,13 @@
-"""The caller's audio chunks, written to the Live socket the way the SDK writes them, for a tenth of the cost.
+"""The caller's audio chunks, written to the Live socket the way the SDK writes them, at 1/50 of the cost.
 
 `AsyncSession.send_realtime_input(audio=Blob)` builds a pydantic model, runs it through the SDK's
-converters and base64-encodes it: about 145 µs of CPU for each 20 ms chunk, 0.29 of a core at 40 calls
-(docs/benchmarks.md, "The SDK's audio message"). The message is always the same JSON around the chunk's
-base64, so the SDK is asked once to write a chunk of known bytes and the text around them becomes a
-template; a second chunk of another length must then come out of the template exactly as the SDK writes
-it. If it does not (an SDK that writes audio differently, or a field that depends on the data), every
-chunk goes through `send_realtime_input` as before: the SDK stays the authority on the wire format.
+converters and base64-encodes it: about 145 µs of CPU for each 20 ms chunk, 0.29 of a core at 40
+calls (docs/benchmarks.md, "What the server's loop still paid for at 40 calls"). The message is always
+the same JSON around the chunk's base64, so the SDK is asked once to write a chunk of known bytes and
+the text around them becomes a template; a second chunk of another length must then come out of the
+template exactly as the SDK writes it. If it does not (an SDK that writes audio differently, or a field
+that depends on the data), every chunk goes through `send_realtime_input` as before: the SDK stays the
+authority on the wire format.
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ def drop_rtp_history(sender: RTCRtpSender) -> None:
     offers and answers carry no rtcp-fb: no browser NACKs audio). They were dead weight for the
     collector: four tracked objects a packet, all young (replaced every 2.6 s), ~10,000 in a 20-call
     process, each young-generation collection walking them all: 3-10 ms pauses (docs/benchmarks.md,
-    "RTP history")."""
+    "What the server's loop still paid for at 40 calls")."""
     attribute = "_RTCRtpSender__rtp_history"
     if not hasattr(sender, attribute):
         raise RuntimeError("this aiortc version has no sender packet history to replace; pin aiortc==1.16.0")

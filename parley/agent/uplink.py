@@ -41,7 +41,8 @@ class OpusDecoder(opuslib.Decoder):
     """opuslib's decoder, decoding into one buffer of its own: opuslib's `decode` makes a ctypes array per
     frame (twice the size needed), a reference cycle with its `cast` (garbage only the cyclic collector
     frees: two objects per frame, ~900 a second per 20-call process) and a list of Python ints to copy
-    it out. This way a frame costs about half (docs/benchmarks.md, "The uplink decoder")."""
+    it out. This way a frame costs about half (docs/benchmarks.md, "What the server's loop still paid for
+    at 40 calls")."""
 
     def __init__(self, sample_rate: int, channels: int = 1) -> None:
         super().__init__(sample_rate, channels)
