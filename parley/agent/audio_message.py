@@ -13,11 +13,14 @@ authority on the wire format.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from google.genai import live, types
+
+logger = logging.getLogger(__name__)
 
 # 240 bytes: every byte value the alphabet distinguishes, no padding, text found nowhere else in a message.
 _PROBE = bytes(range(240))
@@ -74,6 +77,8 @@ class AudioChunkSender:
                 _templates[key] = await _template(api_client, mime_type)
             except Exception:  # an SDK whose session cannot be made this way: it writes every chunk
                 _templates[key] = None
+            if _templates[key] is None:
+                logger.warning("this SDK's audio message has no fixed template: every chunk goes through it")
         return cls(session, mime_type, _templates[key])
 
     async def send(self, chunk: bytes) -> None:
