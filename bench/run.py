@@ -508,8 +508,8 @@ def bargein(server: Server, rounds: int) -> dict[str, Any]:
 
 def host_loop_ms() -> float:
     """CPU milliseconds of a fixed pure-Python loop: how fast this machine runs Python right now. On a
-    shared host it grows when the neighbours are busy (the same loop took 380 ms quiet, 500-700 ms
-    contended, on the 2026-12-07 machine), which is what a row's CPU and lag figures are measured in."""
+    shared host it grows when the neighbours are busy (160-330 ms over one afternoon on the 2026-12-07
+    machine), and a row's CPU and lag figures with it."""
     started, total = time.process_time(), 0
     for i in range(3_000_000):
         total += i * i
