@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import aiohttp
@@ -121,9 +122,12 @@ async def test_loopback_backend_echoes_the_callers_audio_at_once() -> None:
             loop = asyncio.get_running_loop()
 
             def echoed_to_the_end() -> bool:
+                # the sentence's quiet tail too, or the echo is heard shorter than what was said and
+                # cannot be aligned with all of it
                 last = caller.heard.last_loud() or 0
                 said = caller.mic.speech_ends
-                return bool(said) and last > said[0] - 0.5 and loop.time() - last > 0.3
+                now = loop.time()
+                return bool(said) and last > said[0] - 0.5 and now - last > 0.3 and now - said[0] > 0.3
 
             await wait_until(echoed_to_the_end, SPEECH_S + 20, "the echo, heard to its end")
         finally:
@@ -146,3 +150,27 @@ async def test_loopback_backend_echoes_the_callers_audio_at_once() -> None:
     # the loop is 5 % of this echo's chunks, so the tail is judged only against a standing queue.
     assert (histogram_quantile(downlink["buckets"], 0.5) or 1) < 0.03
     assert (histogram_quantile(downlink["buckets"], 0.95) or 1) < 0.5
+
+
+async def test_garbage_collections_are_timed_by_generation_until_the_metrics_stop() -> None:
+    from parley.agent.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.start()
+    try:
+        gc.collect()
+        gc.collect(0)
+        numbers = parse_histograms(metrics.render()[0].decode())
+    finally:
+        await metrics.stop()
+    pauses = numbers["parley_gc_pause_seconds"]
+    assert pauses["count"] >= 2 and pauses["sum"] > 0
+    full = [
+        line
+        for line in metrics.render()[0].decode().splitlines()
+        if line.startswith("parley_gc_pause_seconds_count")
+    ]
+    assert any('generation="2"' in line and not line.endswith(" 0.0") for line in full), full
+    before = pauses["count"]
+    gc.collect()
+    assert parse_histograms(metrics.render()[0].decode())["parley_gc_pause_seconds"]["count"] == before

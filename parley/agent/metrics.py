@@ -13,6 +13,8 @@ Histograms (seconds):
   parley_response_seconds           end of the user's speech -> the first audio of the agent's answer
   parley_first_audio_seconds        offer received -> the first outgoing audio frame
   parley_event_loop_lag_seconds     how late a 50 ms timer fires (a sampler task)
+  parley_gc_pause_seconds           each garbage collection, by generation: the loop stops for it, and a
+                                    profile cannot see it (it runs inside whatever allocation set it off)
 Counters and gauges: active calls, calls started, calls ended by reason, uplink frames by outcome
 (decoded, late, concealed, recovered, decode_error), downlink frames (audio, silent), Gemini
 connections, reconnects and tokens, seconds of audio sent to Gemini.
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -90,6 +94,14 @@ class Metrics(CallObserver):
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "parley_gc_pause_seconds",
+            "how long each garbage collection stopped the process, by generation",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._gc_started = 0.0
         self._histograms = {
             Measure.UPLINK: self.uplink_latency,
             Measure.DOWNLINK: self.downlink_latency,
@@ -107,13 +119,23 @@ class Metrics(CallObserver):
     # --- the process --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the event-loop lag sampler (call from the running loop)."""
+        """Start the event-loop lag sampler (call from the running loop) and the collections' timer."""
         if self._sampler is None:
             self._sampler = asyncio.create_task(
                 sample_loop_lag(self.loop_lag.observe), name="metrics-loop-lag"
             )
+            gc.callbacks.append(self._time_collection)
+
+    def _time_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._gc_started
+            self.gc_pause.labels(generation=str(info["generation"])).observe(pause)
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._time_collection)
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
