@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from google.genai import _common, types
 
 from parley.agent import audio_message
 from parley.agent.audio_message import AudioChunkSender, _sdk_message
-from parley.emulator.server import EmulatorOptions, GeminiEmulator
+from parley.emulator.server import GeminiEmulator
 from tests.test_emulator import (
     MIME,
     MODEL,
@@ -20,21 +19,11 @@ from tests.test_emulator import (
     _resample,
     client_for,
     correlation,
+    emu,  # noqa: F401  (the fast 2.5-rules emulator fixture)
     live_config,
     receive_turn,
     voiced_end,
 )
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[GeminiEmulator]:
-    options = EmulatorOptions(reply_speed=40.0, playout_speed=40.0, reply_delay_s=0.02, rules="2.5")
-    emulator = GeminiEmulator(options=options)
-    await emulator.start()
-    try:
-        yield emulator
-    finally:
-        await emulator.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +31,7 @@ def fresh_templates() -> None:
     audio_message._templates.clear()
 
 
-async def test_spoken_chunks_are_heard_and_echoed_whole(emu: GeminiEmulator) -> None:
+async def test_spoken_chunks_are_heard_and_echoed_whole(emu: GeminiEmulator) -> None:  # noqa: F811
     spoken = SPEECH[: voiced_end(SPEECH, 16000)]
     pcm = spoken.astype("<i2").tobytes()
     async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
@@ -57,7 +46,7 @@ async def test_spoken_chunks_are_heard_and_echoed_whole(emu: GeminiEmulator) -> 
     assert correlation(spoken, _resample(turn.samples(), 24000, 16000)) > 0.9
 
 
-async def test_the_template_writes_what_the_sdk_writes(emu: GeminiEmulator) -> None:
+async def test_the_template_writes_what_the_sdk_writes(emu: GeminiEmulator) -> None:  # noqa: F811
     async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
         sender = await AudioChunkSender.for_session(session, MIME)
         sent: list[str] = []
@@ -77,7 +66,8 @@ async def test_the_template_writes_what_the_sdk_writes(emu: GeminiEmulator) -> N
 
 
 async def test_an_sdk_that_writes_chunks_differently_gets_every_chunk(
-    emu: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+    emu: GeminiEmulator,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     encode = _common.encode_unserializable_types
 
