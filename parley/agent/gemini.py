@@ -32,11 +32,11 @@ from typing import Any
 from google import genai
 from google.genai import types
 
-from parley.agent.audio_message import AudioChunkSender
 from parley.agent.audio_outbox import AudioOutbox
 from parley.agent.gemini_setup import connect_config, refused_setting, seed_turns
 from parley.agent.live_config import SessionConfig, greeting_text
 from parley.agent.live_rules import Closed, closed
+from parley.agent.realtime_blob import BlobSender
 from parley.agent.session import SessionEnded, SessionFactory, SessionListener, SessionStats
 from parley.agent.tool_calls import ToolCalls
 from parley.agent.usage import count_usage, grounding_sources
@@ -64,7 +64,8 @@ class _Connection:
         self.opened_at = time.monotonic()
         self.generating = False
         self.goaway_deadline: float | None = None
-        self.audio = AudioChunkSender(live, INPUT_MIME, None)
+        self.audio = BlobSender(live, "audio", INPUT_MIME, None)
+        self.video = BlobSender(live, "video", VIDEO_MIME, None)
 
 
 def parse_duration_s(value: str | None) -> float:
@@ -245,7 +246,8 @@ class GeminiSession:
             await stack.aclose()
             raise
         conn = _Connection(live, stack, replacement)
-        conn.audio = await AudioChunkSender.for_session(live, INPUT_MIME)
+        conn.audio = await BlobSender.for_session(live, "audio", INPUT_MIME)
+        conn.video = await BlobSender.for_session(live, "video", VIDEO_MIME)
         self.stats.connections += 1
         if self.stats.connections > 1:
             self.stats.reconnects += 1
@@ -325,7 +327,7 @@ class GeminiSession:
                 if self._video is not None:
                     # Audio goes first: a frame is sent only when no audio chunk is waiting.
                     jpeg, self._video = self._video, None
-                    await conn.live.send_realtime_input(video=types.Blob(data=jpeg, mime_type=VIDEO_MIME))
+                    await conn.video.send(jpeg)
                     self.stats.video_frames_sent += 1
                     self.stats.video_bytes_sent += len(jpeg)
                     continue

@@ -1,4 +1,4 @@
-"""The caller's audio chunks, written by template, reach the service as the SDK itself would send them."""
+"""Audio chunks and camera frames, written by template, reach the service as the SDK would send them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from google.genai import _common, types
 
-from parley.agent import audio_message
-from parley.agent.audio_message import AudioChunkSender, _sdk_message
+from parley.agent import realtime_blob
+from parley.agent.realtime_blob import BlobSender, _sdk_message
 from parley.emulator.server import GeminiEmulator
 from tests.test_emulator import (
     MIME,
@@ -24,18 +24,19 @@ from tests.test_emulator import (
     receive_turn,
     voiced_end,
 )
+from tests.test_emulator_video import jpeg
 
 
 @pytest.fixture(autouse=True)
 def fresh_templates() -> None:
-    audio_message._templates.clear()
+    realtime_blob._templates.clear()
 
 
 async def test_spoken_chunks_are_heard_and_echoed_whole(emu: GeminiEmulator) -> None:  # noqa: F811
     spoken = SPEECH[: voiced_end(SPEECH, 16000)]
     pcm = spoken.astype("<i2").tobytes()
     async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
-        sender = await AudioChunkSender.for_session(session, MIME)
+        sender = await BlobSender.for_session(session, "audio", MIME)
         assert sender.fast
         for offset in range(0, len(pcm), 640):
             await sender.send(pcm[offset : offset + 640])
@@ -48,7 +49,7 @@ async def test_spoken_chunks_are_heard_and_echoed_whole(emu: GeminiEmulator) -> 
 
 async def test_the_template_writes_what_the_sdk_writes(emu: GeminiEmulator) -> None:  # noqa: F811
     async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
-        sender = await AudioChunkSender.for_session(session, MIME)
+        sender = await BlobSender.for_session(session, "audio", MIME)
         sent: list[str] = []
 
         class Tap:
@@ -60,9 +61,23 @@ async def test_the_template_writes_what_the_sdk_writes(emu: GeminiEmulator) -> N
             for size in (0, 2, 3, 640, 641, 1280, 3200):
                 chunk = os.urandom(size)
                 await sender.send(chunk)
-                assert sent[-1] == await _sdk_message(session._api_client, chunk, MIME), size
+                assert sent[-1] == await _sdk_message(session._api_client, "audio", chunk, MIME), size
         finally:
             session._ws = real_socket
+
+
+async def test_a_camera_frame_by_template_is_seen_as_the_sdk_would_send_it(emu: GeminiEmulator) -> None:  # noqa: F811
+    frame = jpeg((20, 40, 230), 768, 432)
+    async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
+        sender = await BlobSender.for_session(session, "video", "image/jpeg")
+        assert sender.fast
+        await sender.send(frame)
+        await session.send_realtime_input(text="what do you see?")
+        turn = await receive_turn(session)
+    assert "I see a 768x432 mostly blue image" in turn.output_text()
+    assert [(i.width, i.colour, i.size_bytes) for i in emu.connections[-1].images] == [
+        (768, "blue", len(frame))
+    ]
 
 
 async def test_an_sdk_that_writes_chunks_differently_gets_every_chunk(
@@ -79,7 +94,7 @@ async def test_an_sdk_that_writes_chunks_differently_gets_every_chunk(
 
     async with client_for(emu).aio.live.connect(model=MODEL, config=live_config()) as session:
         monkeypatch.setattr(_common, "encode_unserializable_types", with_a_length)
-        sender = await AudioChunkSender.for_session(session, MIME)
+        sender = await BlobSender.for_session(session, "audio", MIME)
         monkeypatch.undo()
         assert not sender.fast
         await sender.send(b"\x01\x00" * 320)
@@ -93,7 +108,7 @@ def test_a_session_without_the_sdk_socket_is_sent_through_the_sdk() -> None:
             self.blob = kw["audio"]
 
     session = Elsewhere()
-    sender = asyncio.run(AudioChunkSender.for_session(session, MIME))
+    sender = asyncio.run(BlobSender.for_session(session, "audio", MIME))
     assert not sender.fast
     asyncio.run(sender.send(b"ab"))
     assert session.blob == types.Blob(data=b"ab", mime_type=MIME)
