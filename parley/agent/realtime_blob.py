@@ -69,7 +69,11 @@ class BlobSender:
         self._field = field
         self._mime_type = mime_type
         self._template = template
-        self.fast = template is not None
+
+    @property
+    def fast(self) -> bool:
+        """Blobs go by the template, not through the SDK."""
+        return self._template is not None
 
     @classmethod
     async def for_session(cls, session: Any, field: str, mime_type: str) -> BlobSender:

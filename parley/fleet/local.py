@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +117,7 @@ class MediaProcesses:
         self.lost_calls: OrderedDict[str, str] = OrderedDict()  # call id -> worker name
         # the counters of children that died: a restarted child counts from 0, the sums must not
         self._retired_started = 0
-        self._retired_ended: dict[str, int] = {}
+        self._retired_ended: Counter[str] = Counter()
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -181,10 +181,9 @@ class MediaProcesses:
     def _retire(self, child: MediaProcess, lost: int) -> None:
         """Keep a dead child's counters in the sums, its lost calls counted as ended (worker_lost)."""
         self._retired_started += int(child.stats.get("calls_started", 0))
-        for reason, n in (child.stats.get("calls_ended") or {}).items():
-            self._retired_ended[reason] = self._retired_ended.get(reason, 0) + int(n)
+        self._retired_ended.update({r: int(n) for r, n in (child.stats.get("calls_ended") or {}).items()})
         if lost:
-            self._retired_ended["worker_lost"] = self._retired_ended.get("worker_lost", 0) + lost
+            self._retired_ended["worker_lost"] += lost
         child.stats = {}
 
     async def _poll_stats(self) -> None:
