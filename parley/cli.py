@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     media.add_argument("--index", type=int, required=True)
     media.add_argument("--socket", required=True)
+    media.add_argument("--endings-fd", type=int, default=None)
     media.add_argument("--backend", choices=["auto", "gemini", "emulator", "loopback"], default=None)
     media.add_argument("--agents", default=None)
     media.add_argument("--tools", action="append")

@@ -31,7 +31,7 @@ from parley.agent.turn_credentials import ice_server_source
 from parley.agent.warmup import warm_up
 from parley.agent_plans import open_profiles
 from parley.emulator.server import GeminiEmulator
-from parley.fleet.local import MediaProcesses, media_process_app
+from parley.fleet.local import MediaProcesses, media_process_app, report_endings
 from parley.front_door import front_door
 from parley.processes import freeze_heap, reload_on_sighup, until_signalled
 from parley.server import EmulatorAddress, build_agent, open_records, start_webhooks, webhooks_for_the_lost
@@ -63,9 +63,10 @@ async def serve_pool(settings: Settings, tools: ToolRegistry, child_args: list[s
     records = await open_records(settings)
     socket_dir = Path(tempfile.mkdtemp(prefix="parley-media-"))
 
-    def command(index: int, socket_path: str) -> list[str]:
+    def command(index: int, socket_path: str, endings_fd: int) -> list[str]:
         argv = [sys.executable, "-m", "parley.cli", *child_args[:2], "media-process"]
-        argv += ["--index", str(index), "--socket", socket_path, *child_args[2:]]
+        argv += ["--index", str(index), "--socket", socket_path, "--endings-fd", str(endings_fd)]
+        argv += child_args[2:]
         if emulator is not None:
             argv += ["--emulator-url", emulator.base_url, "--emulator-ca", emulator.ca_file]
         return argv
@@ -142,7 +143,8 @@ def run_media_process_command(args: argparse.Namespace) -> None:
     for module in args.tools or []:
         load_tool_module(module)
     emulator = EmulatorAddress(args.emulator_url, args.emulator_ca) if args.emulator_url else None
-    asyncio.run(run_media_process(settings, default_registry, args.index, args.socket, emulator))
+    endings_fd = args.endings_fd
+    asyncio.run(run_media_process(settings, default_registry, args.index, args.socket, emulator, endings_fd))
 
 
 async def run_media_process(
@@ -151,10 +153,13 @@ async def run_media_process(
     index: int,
     socket_path: str,
     emulator: EmulatorAddress | None,
+    endings_fd: int | None = None,
 ) -> None:
     """One media process until its parent ends it (SIGINT: its calls end now; SIGTERM: they may finish)."""
     agent = await build_agent(settings, tools, emulator, worker_name=f"serve-{index}")
     worker = agent.worker
+    if endings_fd is not None:
+        report_endings(worker, endings_fd)
     if settings.turn_secret and settings.turn_urls:  # fresh TURN credentials for each call
         turn = (settings.turn_urls, settings.turn_secret, settings.turn_ttl_s)
         worker.ice_server_source = ice_server_source(settings.ice_servers, *turn, f"serve-{index}")

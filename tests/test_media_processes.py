@@ -105,6 +105,18 @@ async def converse(caller: Caller) -> None:
     await wait_until(lambda: caller.heard.last_loud() is not None, 15, "the agent's voice")
 
 
+async def peer_closed_calls(pool: Pool, worker: str) -> float:
+    """How many calls `worker` has ended because their caller closed the connection: read from the
+    process itself (the front door's /metrics asks each process as it is read)."""
+    _, text = await pool.get("/metrics")
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "parley_calls_ended")
+    return sum(
+        s.value
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels == {"reason": "peer_closed", "process": worker}
+    )
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -180,8 +192,21 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     assert (await first.call_state())["worker"] == doomed
     hung_id = hung_path.rsplit("/", 1)[-1]
     await wait_until(lambda: hung_id in announced("call.ended"), 10, "the hung-up call's call.ended")
+    # `left` is ended from the caller's side (its peer connection closed, no DELETE): the front door
+    # hears of it only from the process, which dies at once after
+    left = Caller(pool.url)
+    await converse(left)
+    assert (await left.call_state())["worker"] == doomed  # the two processes held a call each again
+    left_path = (left.call_url or "").removeprefix(pool.url)
     health = await pool.healthz()
     victim = next(p["pid"] for p in health["processes"] if p["worker"] == doomed)
+    await left.pc.close()
+    for _ in range(200):
+        if await peer_closed_calls(pool, doomed) == 1:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"{doomed} did not end the call its caller closed within 4 s")
     os.kill(victim, signal.SIGKILL)
 
     async def restarted() -> bool:
@@ -196,15 +221,20 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     else:
         raise AssertionError(f"{doomed} was not started again within 60 s")
     health = await pool.healthz()
-    # the dead process's counters stay in the sums (its replacement counts from 0); its call was lost
-    assert health["calls_started"] == 3 and health["calls_ended"].get("worker_lost") == 1, health
+    # the dead process's counters stay in the sums (its replacement counts from 0); its call was lost,
+    # the two that had ended were not
+    assert health["calls_started"] == 4 and health["calls_ended"].get("worker_lost") == 1, health
+    assert health["calls_ended"].get("peer_closed") == 1, health
     lost = await first.call_state()
     assert lost["state"] == "ended" and lost["end_reason"] == "worker_lost", lost
     survivor = await second.call_state()
     assert survivor["state"] == "active", survivor  # the other process's call goes on
     status, record = await pool.get(hung_path)
     assert status == 200 and record["end_reason"] == "hangup", record
+    status, record = await pool.get(left_path)
+    assert status == 200 and record["end_reason"] == "peer_closed", record
     await first.hang_up()
+    await left.hang_up()  # its HTTP session; the call is long gone (404)
 
     again = Caller(pool.url)  # the restarted process takes calls
     await converse(again)
@@ -213,10 +243,10 @@ async def test_a_media_process_that_dies_loses_only_its_calls_and_is_started_aga
     assert await second.hang_up() == 204
     # the dead process could not say its call ended: the front door did, and the others said theirs
     lost_id, survivor_id = lost["call"], survivor["call"]
-    await wait_until(lambda: len(announced("call.ended")) == 4, 30, "call.ended of all four calls")
+    await wait_until(lambda: len(announced("call.ended")) == 5, 30, "call.ended of all five calls")
     ended = announced("call.ended")
     assert ended[lost_id] == "worker_lost" and ended[survivor_id] == "hangup", ended
-    assert ended[hung_id] == "hangup", ended
+    assert ended[hung_id] == "hangup" and ended[left_path.rsplit("/", 1)[-1]] == "peer_closed", ended
     assert receiver.bad_signatures == 0
 
     pids = pool.pids()

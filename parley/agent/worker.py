@@ -88,6 +88,7 @@ class Worker:
         self.calls_ended: dict[str, int] = {}
         # When set, each call gets its own ICE servers from it (fresh TURN credentials per call).
         self.ice_server_source: Callable[[], list[dict[str, Any]]] | None = None
+        self.on_call_ended: Callable[[str, str], None] | None = None  # told (call id, end reason)
 
     async def create_call(
         self,
@@ -184,3 +185,5 @@ class Worker:
         self.calls.pop(call.id, None)
         reason = call.end_reason or "unknown"
         self.calls_ended[reason] = self.calls_ended.get(reason, 0) + 1
+        if self.on_call_ended is not None:
+            self.on_call_ended(call.id, reason)

@@ -9,6 +9,9 @@ a Unix socket only its parent can reach:
     GET  /stats      {"active_calls", "calls_started", "calls_ended", "calls": [ids]}
     GET  /metrics    its Prometheus text
 
+and, as each call ends, writes `{"ended": id, "reason": ..., "n": calls ended so far}` to a pipe its
+parent reads: a call ended just before its process died is not taken for one the death lost.
+
 `MediaProcesses` is the parent's side: the children as one `CallHost`. A new call goes to the child
 with the fewest calls; a child that exits is started again, and its calls read as ended (worker_lost).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,7 +28,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
@@ -70,6 +74,19 @@ def media_process_app(worker: Worker, render_metrics: Callable[[], tuple[bytes, 
     return app
 
 
+def report_endings(worker: Worker, endings_fd: int) -> None:
+    """Each call's end, a line on `endings_fd` as it happens. Never blocks the loop: a line the pipe
+    has no room for is dropped (the stats a second later say the same)."""
+    os.set_blocking(endings_fd, False)
+
+    def ended(call_id: str, reason: str) -> None:
+        line = {"ended": call_id, "reason": reason, "n": sum(worker.calls_ended.values())}
+        with contextlib.suppress(OSError):
+            os.write(endings_fd, json.dumps(line).encode() + b"\n")
+
+    worker.on_call_ended = ended
+
+
 # --- the parent's side --------------------------------------------------------------------------------
 
 
@@ -81,6 +98,9 @@ class MediaProcess:
     session: aiohttp.ClientSession | None = None
     ready: bool = False
     calls: set[str] = field(default_factory=set)  # as of its last stats, plus those placed since
+    # the endings its pipe told of that its last stats do not count yet: n -> (call id, reason)
+    heard_endings: dict[int, tuple[str, str]] = field(default_factory=dict)
+    endings: asyncio.Task[None] | None = None  # reads that pipe until the child closes it
     inflight: int = 0
     restarts: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
@@ -93,9 +113,18 @@ class MediaProcess:
     def load(self) -> int:
         return len(self.calls) + self.inflight
 
+    @property
+    def counted_endings(self) -> int:
+        """How many calls its last stats say it has ended."""
+        return sum(int(n) for n in (self.stats.get("calls_ended") or {}).values())
 
-# (index, socket path) -> the child's command line
-ChildCommand = Callable[[int, str], list[str]]
+    def forget_counted_endings(self) -> None:
+        counted = self.counted_endings
+        self.heard_endings = {n: e for n, e in self.heard_endings.items() if n > counted}
+
+
+# (index, socket path, the file descriptor it writes its calls' endings to) -> the child's command line
+ChildCommand = Callable[[int, str, int], list[str]]
 
 
 class MediaProcesses:
@@ -131,9 +160,22 @@ class MediaProcesses:
     async def _spawn(self, child: MediaProcess) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(child.socket_path)
-        child.process = await asyncio.create_subprocess_exec(
-            *self.command(child.index, child.socket_path), env=self.env, preexec_fn=_die_with_parent
-        )
+        read_fd, write_fd = os.pipe()
+        try:
+            child.process = await asyncio.create_subprocess_exec(
+                *self.command(child.index, child.socket_path, write_fd),
+                env=self.env,
+                preexec_fn=_die_with_parent,
+                pass_fds=(write_fd,),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child's now: the pipe ends when the child does
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        child.heard_endings = {}
+        child.endings = asyncio.create_task(self._read_endings(child, pipe), name=f"{child.name}-endings")
         if child.session is None:
             connector = aiohttp.UnixConnector(path=child.socket_path)
             child.session = aiohttp.ClientSession(connector=connector, base_url="http://media")
@@ -151,12 +193,32 @@ class MediaProcesses:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"media process {child.index} did not start within {START_TIMEOUT_S:.0f} s")
 
+    async def _read_endings(self, child: MediaProcess, pipe: BinaryIO) -> None:
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        try:
+            while line := await reader.readline():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    ending = json.loads(line)
+                    call_id = str(ending["ended"])
+                    child.calls.discard(call_id)
+                    child.heard_endings[int(ending["n"])] = (call_id, str(ending["reason"]))
+                    child.forget_counted_endings()
+        finally:
+            transport.close()
+
     async def _supervise(self, child: MediaProcess) -> None:
         while not self.stopping and child.process is not None:
             code = await child.process.wait()
             child.ready = False
             if self.stopping:
                 return
+            if child.endings is not None:  # what it wrote before it died: those calls were not lost
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await child.endings
             lost = list(child.calls)
             logger.error(
                 "media process %d exited (%s), %d calls lost: starting it again", child.index, code, len(lost)
@@ -182,6 +244,9 @@ class MediaProcesses:
         """Keep a dead child's counters in the sums, its lost calls counted as ended (worker_lost)."""
         self._retired_started += int(child.stats.get("calls_started", 0))
         self._retired_ended.update({r: int(n) for r, n in (child.stats.get("calls_ended") or {}).items()})
+        child.forget_counted_endings()
+        self._retired_ended.update(reason for _, reason in child.heard_endings.values())
+        child.heard_endings = {}
         if lost:
             self._retired_ended["worker_lost"] += lost
         child.stats = {}
@@ -195,8 +260,12 @@ class MediaProcesses:
                 placed_during = set(child.calls)
                 with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError):
                     child.stats = await self._get(child, "/stats")
-                    # calls placed while the stats were on their way are kept until the next poll
-                    child.calls = set(child.stats.get("calls", [])) | (child.calls - placed_during)
+                    child.forget_counted_endings()
+                    # calls placed while the stats were on their way are kept until the next poll; those
+                    # whose end the pipe told of after the stats were taken are gone, though listed
+                    ended = {call_id for call_id, _ in child.heard_endings.values()}
+                    listed = set(child.stats.get("calls", [])) - ended
+                    child.calls = listed | (child.calls - placed_during)
 
     def signal_children(self, signum: int) -> None:
         for child in self.children:
@@ -220,6 +289,8 @@ class MediaProcesses:
         self.signal_children(signal.SIGKILL)
         await self.wait_children(5.0)
         for child in self.children:
+            if child.endings is not None:
+                child.endings.cancel()
             if child.session is not None:
                 await child.session.close()
 
@@ -317,15 +388,15 @@ class MediaProcesses:
         return str(reply["sdp"])
 
     def stats(self) -> dict[str, Any]:
-        ended = dict(self._retired_ended)
+        ended = Counter(self._retired_ended)
         for child in self.children:
-            for reason, n in (child.stats.get("calls_ended") or {}).items():
-                ended[reason] = ended.get(reason, 0) + int(n)
+            ended.update({r: int(n) for r, n in (child.stats.get("calls_ended") or {}).items()})
+            ended.update(reason for _, reason in child.heard_endings.values())  # not in its stats yet
         return {
             "active_calls": sum(len(c.calls) for c in self.children),
             "calls_started": self._retired_started
             + sum(int(c.stats.get("calls_started", 0)) for c in self.children),
-            "calls_ended": ended,
+            "calls_ended": dict(ended),
             "processes": [
                 {
                     "worker": c.name,
