@@ -31,6 +31,7 @@ from parley.fleet.host import RedisCallHost
 from parley.fleet.monitor import default_worker_id
 from parley.fleet.options import FleetOptions
 from parley.fleet.rpc_server import FleetWorker
+from parley.fleet.wire import SIGNALING_TTL_S
 from parley.profiles import ProfileStore
 from parley.records.service import Records
 from parley.records.webhooks import WebhookSender
@@ -249,9 +250,12 @@ class RunningSignaling:
     profiles: ProfileStore
     records: Records | None = None
     webhooks: WebhookSender | None = None
+    orphans: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+        if self.orphans is not None:
+            self.orphans.cancel()
         await self.host.close()
         if self.webhooks is not None:  # first: what it could not deliver goes to the outbox
             await self.webhooks.stop()
@@ -273,7 +277,7 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
         host.on_worker_gone = records.end_calls_of_soon  # a worker that died cannot end its calls' records
         webhooks = start_webhooks(settings, host.registry)  # ... nor send their call.ended
         # ... nor the webhooks it had not delivered: this process takes them over, under its own name
-        await webhooks_for_the_lost(webhooks, records, f"signaling-{default_worker_id()}")
+        await webhooks_for_the_lost(webhooks, records, host.name)
     # On shutdown, requests in flight get as long as a dispatch may take.
     app = create_fleet_app(settings, host, profiles, records)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.dispatch_timeout_s + 1)
@@ -284,7 +288,30 @@ async def start_signaling(settings: Settings) -> RunningSignaling:
     logger.warning("parley signaling on http://%s:%d (Redis %s)", settings.host, port, _safe_url(settings))
     if settings.join_secret is None:
         logger.warning("no PARLEY_JOIN_SECRET: anyone who can reach this server can start calls")
-    return RunningSignaling(runner, host, port, profiles, records, webhooks)
+    orphans = None
+    if webhooks is not None:
+        orphans = asyncio.create_task(send_what_gone_signaling_owed(host, webhooks), name="orphans")
+    return RunningSignaling(runner, host, port, profiles, records, webhooks, orphans)
+
+
+async def send_what_gone_signaling_owed(host: RedisCallHost, webhooks: WebhookSender) -> None:
+    """The webhooks another `parley signaling` left in the outbox (stopped while the receiver was down,
+    or killed: its own, and those it took over from lost workers) are this one's to send once that
+    process is gone, i.e. absent from Redis at two looks in a row (a Redis that lost its data has
+    everyone back within a heartbeat). Nothing is taken while Redis or the database cannot say."""
+    assert webhooks.outbox is not None
+    suspects: set[str] = set()
+    while True:
+        try:
+            others = await webhooks.outbox.owners("signaling-") - {host.name}
+            gone = others - await host.live_signaling(others)
+        except Exception as exc:
+            logger.debug("could not look for webhooks a gone signaling process owed: %s", exc)
+        else:
+            for owner in gone & suspects:
+                await webhooks.adopt(owner)
+            suspects = gone
+        await asyncio.sleep(SIGNALING_TTL_S / 2)
 
 
 def _safe_url(settings: Settings) -> str:

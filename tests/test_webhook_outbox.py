@@ -1,6 +1,7 @@
 """Webhooks survive the process that owed them: kept in the records database's outbox until delivered,
-sent by the next process under the dead one's name, or by the front door of `serve --processes` that
-saw its media process die. Real processes, a real SQLite file, a real receiver, real SIGKILLs."""
+sent by the next process under the dead one's name, by the front door of `serve --processes` that
+saw its media process die, or by another `parley signaling`. Real processes, a real SQLite file, a
+real Redis, a real receiver, real SIGKILLs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from typing import Any
 import aiohttp
 
 from parley.caller import Caller
+from parley.fleet.wire import SIGNALING_TTL_S
+from parley.processes import start_signaling
+from parley.settings import Settings
+from tests.test_fleet import RedisServer, redis_server  # noqa: F401 - the fixture
 from tests.test_lifecycle import ROOT, free_port
 from tests.test_media_processes import SPEECH, converse, serve_env
 from tests.test_webhooks import SECRET, Receiver, receiver  # noqa: F401 - the fixture
@@ -111,3 +116,47 @@ async def test_the_front_door_sends_what_a_killed_media_process_owed(
         await wait_until(lambda: outbox(db) == [], 10, "the outbox to be empty")
     finally:
         await interrupt(pool)
+
+
+async def test_webhooks_a_stopped_signaling_process_owed_are_sent_by_another(
+    tmp_path: Path,
+    receiver: Receiver,  # noqa: F811
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Two `parley signaling` processes on one Redis and one database. The first owes a webhook (a lost
+    worker's call.ended, say) when it is stopped with the receiver down: it stays in the outbox under
+    the first's name, which no process is started under again (it has the host, pid and a random
+    part). The second sends it once the first is gone from Redis, and not while the first lives."""
+    db = tmp_path / "records.db"
+    receiver.refuse_first = REFUSE_ALL
+
+    def settings() -> Settings:
+        return Settings(
+            host="127.0.0.1",
+            port=0,
+            redis_url=redis_server.url,
+            database_url=f"sqlite:///{db}",
+            webhook_url=receiver.url,
+            webhook_secret=SECRET,
+        )
+
+    first = await start_signaling(settings())
+    second = await start_signaling(settings())
+    try:
+        assert first.webhooks is not None
+        first.webhooks.submit("call.ended", {"id": "a-call-of-a-lost-worker", "end_reason": "worker_lost"})
+        await wait_until(lambda: len(outbox(db)) == 1, 20, "the webhook in the outbox")
+        [(event_id, owner)] = outbox(db)
+        assert owner == first.host.name
+        await asyncio.sleep(2.5 * SIGNALING_TTL_S / 2)  # two of the second's looks, at least
+        assert outbox(db) == [(event_id, first.host.name)]  # a live process's debts are its own
+    finally:
+        await first.stop()
+    receiver.refuse_first = 0
+    try:
+        await wait_until(lambda: len(receiver.events) == 1, 60, "the stopped process's webhook, sent")
+        assert receiver.events[0]["id"] == event_id and receiver.bad_signatures == 0
+        assert receiver.events[0]["call"]["end_reason"] == "worker_lost"
+        await wait_until(lambda: outbox(db) == [], 10, "the outbox to be empty once it is delivered")
+    finally:
+        await second.stop()

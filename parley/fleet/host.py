@@ -26,8 +26,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from parley.agent.sdp import OfferError
 from parley.agent.worker import CallNotFound, WorkerBusy
 from parley.fleet.gauges import Gauges, gauge_registry
+from parley.fleet.monitor import default_worker_id
 from parley.fleet.options import FleetOptions
-from parley.fleet.wire import MESSAGE_TTL_S, REDIS_ERRORS, Backoff, Keys, connect, decode, encode
+from parley.fleet.wire import (
+    MESSAGE_TTL_S,
+    REDIS_ERRORS,
+    SIGNALING_TTL_S,
+    Backoff,
+    Keys,
+    connect,
+    decode,
+    encode,
+)
 from parley.signaling.app import WorkerTimeout
 
 logger = logging.getLogger("parley.signaling")
@@ -119,10 +129,11 @@ class WorkerView:
 class RedisCallHost:
     """The fleet as one `CallHost`; `start()` before use, `close()` after."""
 
-    def __init__(self, options: FleetOptions) -> None:
+    def __init__(self, options: FleetOptions, name: str | None = None) -> None:
         if not options.redis_url:
             raise ValueError("a Redis URL is needed")
         self.options = options
+        self.name = name or f"signaling-{default_worker_id()}"  # what it owes is kept under this name
         self.keys = Keys(options.redis_prefix)
         # Replies are awaited with blocking pops, so the socket timeout must outlast the longest one.
         self.redis = connect(options.redis_url, command_timeout_s=options.dispatch_timeout_s + 5)
@@ -151,6 +162,15 @@ class RedisCallHost:
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.aclose()
 
+    async def live_signaling(self, names: set[str]) -> set[str]:
+        """Those of `names` that are `parley signaling` processes alive now; raises if Redis cannot say."""
+        ordered = sorted(names)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in ordered:
+            pipe.exists(self.keys.signaling(name))
+        found = await pipe.execute() if ordered else []
+        return {name for name, exists in zip(ordered, found, strict=True) if exists}
+
     # --- the registry ---------------------------------------------------------------------------
 
     async def _watch(self) -> None:
@@ -168,6 +188,7 @@ class RedisCallHost:
             await asyncio.sleep(self.options.heartbeat_s)
 
     async def refresh(self) -> None:
+        await self.redis.set(self.keys.signaling(self.name), "1", px=int(SIGNALING_TTL_S * 1000))
         ids = sorted(str(i) for i in await self.redis.smembers(self.keys.workers))
         pipe = self.redis.pipeline(transaction=False)
         for worker_id in ids:

@@ -8,6 +8,8 @@ Redis keys (`{p}` is PARLEY_REDIS_PREFIX, default `parley`):
     {p}:worker:{id}:inbox      list of JSON requests to that worker (LPUSH by signaling, BRPOP by the worker)
     {p}:reply:{request id}     list holding the worker's one JSON reply (BLPOP by the signaling that asked)
     {p}:call:{call id}         the id of the worker holding the call; refreshed by that worker each heartbeat
+    {p}:signaling:{name}       a `parley signaling` process is alive; refreshed each heartbeat, expires
+                               after SIGNALING_TTL_S (the webhooks it owes are then another's to send)
 
 Requests: {"id", "op": "create" | "resume" | "end" | "describe", "reply", "deadline" (Unix time),
 "sdp", "call", "max_seconds", "agent", "variables", "caller" ({"origin", "client_address"}, for records)}.
@@ -35,6 +37,9 @@ from redis.exceptions import RedisError
 CALL_KEY_TTL_S = 300
 # An unread request or reply is garbage after this long.
 MESSAGE_TTL_S = 60
+# A signaling process silent this long is gone; longer than a worker's TTL, since what it is taken for
+# dead costs only the webhooks it owes being sent by another too (their ids are the same).
+SIGNALING_TTL_S = 10.0
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -55,6 +60,9 @@ class Keys:
 
     def reply(self, request_id: str) -> str:
         return f"{self.prefix}:reply:{request_id}"
+
+    def signaling(self, name: str) -> str:
+        return f"{self.prefix}:signaling:{name}"
 
 
 def connect(url: str, command_timeout_s: float = 15.0) -> aioredis.Redis:

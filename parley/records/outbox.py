@@ -25,6 +25,12 @@ class WebhookOutbox:
         async with self.engine.begin() as connection:
             await connection.execute(sa.delete(webhook_outbox).where(webhook_outbox.c.id == event_id))
 
+    async def owners(self, prefix: str) -> set[str]:
+        """The names whose webhooks wait here, of those that start with `prefix`."""
+        async with self.engine.connect() as connection:
+            query = sa.select(webhook_outbox.c.owner).where(webhook_outbox.c.owner.startswith(prefix))
+            return {str(owner) for owner in (await connection.execute(query.distinct())).scalars()}
+
     async def claim(self, owner: str, claimant: str) -> list[dict[str, Any]]:
         """The webhooks `owner` left, oldest first, now `claimant`'s to send (one statement moves them,
         so two claimants do not both send one)."""
