@@ -183,9 +183,13 @@ async def test_settled_silence_goes_out_as_dtx_every_400_ms_and_the_next_reply_a
             sent.append((time.monotonic(), int(packet.pts), bytes(packet)))
 
     buffer.push(speech, time.monotonic())
-    await receive_until(2.0)  # the reply, the silence settling, then DTX
+    await receive_until(3.0)  # the reply, the silence settling, then DTX
     dtx = [(at, pts) for at, pts, payload in sent if len(payload) == 1]
-    assert len(dtx) >= 3, [len(p) for _, _, p in sent]
+    assert len(dtx) >= 5, [len(p) for _, _, p in sent]
+    # the refreshes keep to the stream's clock, as its frames do: sent when their timestamps say, late
+    # only by the timer (each sent at once, a whole frame early, they drifted 10-20 ms a refresh)
+    offsets = [at - pts / PLAYOUT_RATE for at, pts in dtx]
+    assert max(offsets) - min(offsets) < 0.04, offsets
     first_dtx = next(i for i, (_, _, payload) in enumerate(sent) if len(payload) == 1)
     assert first_dtx <= 25 + 20  # 25 frames of speech, the encoder's tail, then DTX at once
     # while in DTX only one packet per DTX_REFRESH_S leaves, and the RTP clock keeps wall time

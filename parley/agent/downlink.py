@@ -285,10 +285,17 @@ class PlayoutTrack(MediaStreamTrack):
             self._clock_start = now - self._pts / PLAYOUT_RATE
         due = self._clock_start + self._pts / PLAYOUT_RATE
         if self._dtx_sent_at is not None and self._idle and not self.buffer.queued:
-            # In DTX: nothing to send until audio comes or the next refresh is due.
-            await self.buffer.wait_for_audio(self._dtx_sent_at + DTX_REFRESH_S - now)
+            # In DTX: nothing to send until audio comes or the next refresh is due. The refresh keeps
+            # to the stream's 20 ms grid, like any frame: each move of the grid (a skip sent at once)
+            # can look to the browser like jitter of up to its 10 ms tick, and raise its target.
+            refresh_at = due - FRAME_SAMPLES / PLAYOUT_RATE + DTX_REFRESH_S
+            came = await self.buffer.wait_for_audio(refresh_at - now)
             now = time.monotonic()
-            if now > due:
+            if not came and now - refresh_at < MAX_LATENESS_S:
+                frames = round((refresh_at - due) * PLAYOUT_RATE / FRAME_SAMPLES)
+                self._pts += frames * FRAME_SAMPLES
+                self.frames_skipped += frames
+            elif now > due:
                 self._skip_silence(now, due)
             else:  # audio came before the next tick: it goes out at once (clock moved up)
                 self._clock_start = now - self._pts / PLAYOUT_RATE
