@@ -25,19 +25,16 @@ import logging
 import os
 import signal
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from parley.agent.worker import CallNotFound, Worker, WorkerBusy
+from parley.fleet.exposition import one_exposition
 from parley.fleet.requests import answer, refusal_error
 from parley.signaling.app import WorkerTimeout
 
@@ -102,6 +99,7 @@ class MediaProcess:
     heard_endings: dict[int, tuple[str, str]] = field(default_factory=dict)
     endings: asyncio.Task[None] | None = None  # reads that pipe until the child closes it
     inflight: int = 0
+    placed: int = 0  # calls it took since it started: its stats may not have counted the last ones
     restarts: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -112,6 +110,10 @@ class MediaProcess:
     @property
     def load(self) -> int:
         return len(self.calls) + self.inflight
+
+    @property
+    def calls_started(self) -> int:
+        return max(int(self.stats.get("calls_started", 0)), self.placed)
 
     @property
     def counted_endings(self) -> int:
@@ -174,7 +176,7 @@ class MediaProcesses:
         finally:
             os.close(write_fd)  # the child's now: the pipe ends when the child does
         pipe = os.fdopen(read_fd, "rb", buffering=0)
-        child.heard_endings = {}
+        child.heard_endings, child.placed = {}, 0
         child.endings = asyncio.create_task(self._read_endings(child, pipe), name=f"{child.name}-endings")
         if child.session is None:
             connector = aiohttp.UnixConnector(path=child.socket_path)
@@ -242,7 +244,7 @@ class MediaProcesses:
 
     def _retire(self, child: MediaProcess, lost: int) -> None:
         """Keep a dead child's counters in the sums, its lost calls counted as ended (worker_lost)."""
-        self._retired_started += int(child.stats.get("calls_started", 0))
+        self._retired_started += child.calls_started
         self._retired_ended.update({r: int(n) for r, n in (child.stats.get("calls_ended") or {}).items()})
         child.forget_counted_endings()
         self._retired_ended.update(reason for _, reason in child.heard_endings.values())
@@ -340,6 +342,7 @@ class MediaProcesses:
                 continue
             if reply.get("ok"):
                 child.calls.add(str(reply["call"]))
+                child.placed += 1
                 return str(reply["call"]), str(reply["sdp"])
             refused = refusal_error(reply)
             if not isinstance(refused, WorkerBusy):  # a bad offer or an unknown agent: the same everywhere
@@ -394,8 +397,7 @@ class MediaProcesses:
             ended.update(reason for _, reason in child.heard_endings.values())  # not in its stats yet
         return {
             "active_calls": sum(len(c.calls) for c in self.children),
-            "calls_started": self._retired_started
-            + sum(int(c.stats.get("calls_started", 0)) for c in self.children),
+            "calls_started": self._retired_started + sum(c.calls_started for c in self.children),
             "calls_ended": dict(ended),
             "processes": [
                 {
@@ -417,29 +419,7 @@ class MediaProcesses:
                 with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
                     async with child.session.get("/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
                         texts[child.name] = await r.text()
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Relabelled(texts))
-        return generate_latest(registry)
-
-
-class _Relabelled(Collector):
-    """Prometheus texts from several processes as one exposition: each family once, each of its samples
-    with a `process` label saying where it came from."""
-
-    def __init__(self, texts: dict[str, str]) -> None:
-        self.texts = texts
-
-    def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        for process, text in self.texts.items():
-            for family in text_string_to_metric_families(text):
-                merged = families.get(family.name)
-                if merged is None:
-                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
-                for sample in family.samples:
-                    labels = {**sample.labels, "process": process}
-                    merged.add_sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar)
-        yield from families.values()
+        return one_exposition(texts)
 
 
 def _die_with_parent() -> None:
