@@ -96,7 +96,7 @@ class Settings:
     max_calls: int = 0  # per process; 0: no limit
     processes: int = 1  # `parley serve`'s media processes; 0: one per core (parley/fleet/local.py)
     local_bargein: bool = True
-    downlink_dtx: bool = False
+    downlink_dtx: bool = True
     send_silence: bool = True
     context_compression: bool = True
     resend_buffer_s: float = 15.0

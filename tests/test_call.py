@@ -158,5 +158,5 @@ async def test_the_agents_sender_keeps_no_copies_of_what_it_sent(url: str, serve
         history = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
     finally:
         await caller.hang_up()
-    assert stats[0].packetsSent > 50
+    assert stats[0].packetsSent > 20  # half a second of the agent's reply (its silence goes as DTX)
     assert len(history) == 0

@@ -46,7 +46,7 @@ class CallOptions:
     # Stop the agent as soon as the local detector hears the user, before Gemini's `interrupted`.
     local_bargein: bool = True
     # Opus DTX on the downlink: settled silence goes out as one DTX packet every 400 ms, not 50 a second.
-    downlink_dtx: bool = False
+    downlink_dtx: bool = True
     # False: stop streaming after a pause (audioStreamEnd) and resume with a pre-roll, to save cost.
     send_silence: bool = True
     pause_after_s: float = 1.0
