@@ -43,6 +43,7 @@ UNDERRUN_WAIT_S = 0.025
 # Discontinuous transmission: once the agent's silence has settled, one 1-byte Opus DTX packet goes out,
 # then one every DTX_REFRESH_S (libwebrtc's own Opus DTX rhythm), and nothing between them.
 DTX_REFRESH_S = 0.4
+DTX_FRAMES_BETWEEN = round(DTX_REFRESH_S * PLAYOUT_RATE / FRAME_SAMPLES) - 1  # skipped between two
 # One frame of silence for every track (read-only: it is handed to the encoder and the recorder).
 SILENT_FRAME = np.zeros(FRAME_SAMPLES, np.int16)
 SILENT_FRAME.flags.writeable = False
@@ -243,8 +244,9 @@ class PlayoutTrack(MediaStreamTrack):
     tick, and slack that a late chunk left in the clock is given back (TRIM_KEEP_S).
 
     With `dtx` (and an encoder), settled silence is not sent frame by frame: one DTX packet, then one
-    every DTX_REFRESH_S, the RTP clock running on between them (the agent is silent most of a call:
-    ~2.5 instead of 50 packets a second then, and none of the send path's work for the rest)."""
+    every DTX_REFRESH_S on the stream's 20 ms grid, the RTP clock running on between them (the agent
+    is silent most of a call: ~2.5 instead of 50 packets a second then, and none of the send path's
+    work for the rest)."""
 
     kind = "audio"
 
@@ -270,7 +272,7 @@ class PlayoutTrack(MediaStreamTrack):
         self.silent_frames = 0
         self.frames_skipped = 0  # silent frames never sent: DTX, or the silence a stalled loop missed
         self._dtx = dtx and encoder is not None
-        self._dtx_sent_at: float | None = None  # the last DTX packet, while in DTX
+        self._in_dtx = False  # the last frame sent was a DTX packet
         self._after_frame: list[Callable[[], None]] = []
 
     def after_next_frame(self, callback: Callable[[], None]) -> None:
@@ -284,7 +286,7 @@ class PlayoutTrack(MediaStreamTrack):
         if self._clock_start is None:
             self._clock_start = now - self._pts / PLAYOUT_RATE
         due = self._clock_start + self._pts / PLAYOUT_RATE
-        if self._dtx_sent_at is not None and self._idle and not self.buffer.queued:
+        if self._in_dtx and self._idle and not self.buffer.queued:
             # In DTX: nothing to send until audio comes or the next refresh is due. The refresh keeps
             # to the stream's 20 ms grid, like any frame: each move of the grid (a skip sent at once)
             # can look to the browser like jitter of up to its 10 ms tick, and raise its target.
@@ -292,9 +294,8 @@ class PlayoutTrack(MediaStreamTrack):
             came = await self.buffer.wait_for_audio(refresh_at - now)
             now = time.monotonic()
             if not came and now - refresh_at < MAX_LATENESS_S:
-                frames = round((refresh_at - due) * PLAYOUT_RATE / FRAME_SAMPLES)
-                self._pts += frames * FRAME_SAMPLES
-                self.frames_skipped += frames
+                self._pts += DTX_FRAMES_BETWEEN * FRAME_SAMPLES
+                self.frames_skipped += DTX_FRAMES_BETWEEN
             elif now > due:
                 self._skip_silence(now, due)
             else:  # audio came before the next tick: it goes out at once (clock moved up)
@@ -342,9 +343,9 @@ class PlayoutTrack(MediaStreamTrack):
             payload = self._encoder.encode(samples)
             if self._dtx and self._idle and self._encoder.settled:
                 payload = self._encoder.dtx_packet()
-                self._dtx_sent_at = time.monotonic()
+                self._in_dtx = True
             else:
-                self._dtx_sent_at = None
+                self._in_dtx = False
             frame = av.Packet(payload)
         else:
             frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
