@@ -1,6 +1,6 @@
 """What one call's Gemini conversation is made with (`SessionConfig`), and the parts of the Live setup
 and replies that an agent profile shapes: speech language, activity detection, Google Search, the
-greeting, grounding sources.
+greeting.
 
 The composition root builds a `SessionConfig` for each call from the call's agent profile; the session
 (gemini.py) only reads it.
@@ -9,7 +9,6 @@ The composition root builds a `SessionConfig` for each call from the call's agen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from google.genai import types
 
@@ -105,13 +104,3 @@ def shape_setup(config: types.LiveConnectConfig, cfg: SessionConfig) -> None:
 
 def greeting_text(greeting: str) -> str:
     return GREETING_PROMPT.format(greeting)
-
-
-def grounding_sources(metadata: types.GroundingMetadata) -> dict[str, Any]:
-    """What the caller is shown of a grounded answer: the web sources and the searches made."""
-    sources = [
-        {"title": chunk.web.title or chunk.web.domain or chunk.web.uri, "uri": chunk.web.uri}
-        for chunk in metadata.grounding_chunks or []
-        if chunk.web is not None and chunk.web.uri
-    ]
-    return {"sources": sources, "queries": list(metadata.web_search_queries or [])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import typing
 
 import pydantic
 from aiortc import RTCPeerConnection
@@ -10,18 +11,42 @@ from google.genai import types
 
 from parley.agent.ice import rtc_configuration
 
-# The SDK's Live models that a session meets (built with the message types they hold).
-SDK_MODELS = ("Blob", "Content", "Part", "UsageMetadata", "Transcription", "FunctionCall", "FunctionResponse")
+# The SDK's models that a session meets besides the Live ones, each built with the models it holds.
+SDK_MODELS = (
+    "Blob", "Content", "Part", "UsageMetadata", "Transcription", "FunctionCall", "FunctionResponse",
+    "FunctionDeclaration", "Schema", "Tool", "GoogleSearch", "HttpOptions",
+)  # fmt: skip
 
 
-def build_sdk_models() -> None:
+def build_sdk_models() -> int:
     """Build the SDK's pydantic models now: they are built on first use (`defer_build`), which put
-    20-60 ms event-loop stalls into the first call's set-up and first turn, stalling every other call."""
-    for name in dir(types):
-        model = getattr(types, name)
-        if (name.startswith("Live") or name in SDK_MODELS) and isinstance(model, type):
-            if issubclass(model, pydantic.BaseModel):
-                model.model_rebuild(raise_errors=False)
+    20-60 ms event-loop stalls into the first call's set-up and first turn, stalling every other call.
+    A model's validator is its own: building `LiveConnectConfig` leaves `SessionResumptionConfig`
+    to build when a call first makes one (10 ms), so every model a field can hold is built too.
+    Returns how many were built."""
+    pending = [
+        model
+        for name in dir(types)
+        if (name.startswith("Live") or name in SDK_MODELS)
+        and isinstance(model := getattr(types, name), type)
+        and issubclass(model, pydantic.BaseModel)
+    ]
+    built: set[type[pydantic.BaseModel]] = set()
+    while pending:
+        model = pending.pop()
+        if model not in built:
+            built.add(model)
+            model.model_rebuild(raise_errors=False)
+            for field in model.model_fields.values():
+                pending.extend(_models_in(field.annotation))
+    return len(built)
+
+
+def _models_in(annotation: object) -> typing.Iterator[type[pydantic.BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        yield annotation
+    for argument in typing.get_args(annotation):
+        yield from _models_in(argument)
 
 
 async def warm_up(sdk: bool = True) -> float:
