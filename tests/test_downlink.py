@@ -1,4 +1,4 @@
-"""The downlink: resampled once, paced 20 ms frames, silence when idle, an instant cut on barge-in."""
+"""The downlink: upsampled once, paced 20 ms frames, silence when idle, an instant cut on barge-in."""
 
 from __future__ import annotations
 
@@ -32,6 +32,38 @@ def test_chunks_are_resampled_to_48k_without_clicks_at_boundaries() -> None:
     # a clean 440 Hz tone: no sample-to-sample jump beyond what the sine itself makes
     max_step = 12000 * 2 * np.pi * 440 / 48000
     assert np.abs(np.diff(out[100:-100].astype(np.int32))).max() < max_step * 1.2
+
+
+def test_upsampled_speech_band_keeps_its_tone_and_its_images_far_down() -> None:
+    for freq in (1000.0, 4000.0, 10000.0):  # a 24 kHz stream's images land at 24 kHz - f
+        buffer = PlayoutBuffer()
+        audio = ModelAudio(buffer)
+        audio.push(tone(1.0, 24000, freq).tobytes(), time.monotonic())
+        audio.end_turn()
+        out = drain(buffer)[4800:43200].astype(float) * np.hanning(38400)
+        spectrum = np.abs(np.fft.rfft(out))
+        bins = np.fft.rfftfreq(out.size, 1 / 48000)
+        level = spectrum[np.argmin(np.abs(bins - freq))]
+        image = spectrum[np.argmin(np.abs(bins - (24000 - freq)))]
+        assert level > 0.9 * 12000 * out.size / 4  # the tone at its own level (Hann window: gain 1/2)
+        assert 20 * np.log10(image / level) < -80
+
+
+def test_a_turn_starts_on_its_first_sample_and_keeps_nothing_of_the_last() -> None:
+    buffer = PlayoutBuffer()
+    audio = ModelAudio(buffer)
+    click = np.zeros(480, np.int16)
+    click[0] = 20000
+    audio.push(tone(0.2, 24000).tobytes(), time.monotonic())
+    audio.interrupt()
+    drain(buffer)
+    audio.end_turn()
+    audio.push(click.tobytes(), time.monotonic())
+    audio.end_turn()
+    out = drain(buffer)
+    assert out.size == 960
+    assert int(np.argmax(np.abs(out))) == 0  # not delayed by the filter, and no tone left before it
+    assert np.abs(out[40:]).max() < 20  # the interrupted tone did not leak into this turn
 
 
 async def test_track_emits_paced_20ms_mono_frames_and_silence_when_idle() -> None:

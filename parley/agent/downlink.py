@@ -1,6 +1,6 @@
 """Downlink: the model's 24 kHz speech, resampled once on arrival and played out as paced 20 ms frames.
 
-`ModelAudio` turns each chunk from Gemini into 48 kHz samples with one stateful resampler per turn (no
+`ModelAudio` turns each chunk from Gemini into 48 kHz samples with one stateful upsampler per turn (no
 clicks at chunk boundaries) and queues them in a `PlayoutBuffer`. `PlayoutTrack` is the outgoing WebRTC
 track: aiortc's sender asks for frames as fast as it can encode them, so the track paces itself on an
 absolute clock and sends silence whenever the buffer is empty. Every frame it returns is built here, so
@@ -23,6 +23,8 @@ import opuslib.api.ctl as opus_ctl
 import opuslib.api.encoder as opus_encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
+
+from parley.agent.upsampler import Upsampler
 
 PLAYOUT_RATE = 48000
 FRAME_SAMPLES = PLAYOUT_RATE // 50  # 20 ms: longer frames become several packets with one timestamp
@@ -127,38 +129,29 @@ class PlayoutBuffer:
 class ModelAudio:
     """Gemini's 24 kHz PCM16 chunks -> 48 kHz samples in the playout buffer, turn by turn."""
 
-    def __init__(self, buffer: PlayoutBuffer, source_rate: int = 24000) -> None:
+    def __init__(self, buffer: PlayoutBuffer) -> None:
         self._buffer = buffer
-        self._source_rate = source_rate
-        self._resampler: av.AudioResampler | None = None
+        self._upsampler = Upsampler()  # one stream per turn: flushed at its end, reset on a cut
         self._discarding = False
 
     def push(self, pcm: bytes, arrived_at: float) -> None:
         if self._discarding or not pcm:
             return
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=PLAYOUT_RATE)
         samples = np.frombuffer(pcm, dtype="<i2")[: len(pcm) // 2]
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self._source_rate
-        self._queue(self._resampler.resample(frame), arrived_at)
+        self._buffer.push(self._upsampler.upsample(samples), arrived_at)
 
     def interrupt(self) -> int:
         """Barge-in: cut what is queued and ignore the rest of this turn. Returns samples dropped."""
         self._discarding = True
-        self._resampler = None
+        self._upsampler.reset()
         return self._buffer.cut()
 
     def end_turn(self) -> None:
-        """The turn is over: play the resampler's last samples and accept the next turn's audio."""
-        if self._resampler is not None and not self._discarding:
-            self._queue(self._resampler.resample(None), time.monotonic())
-        self._resampler = None
+        """The turn is over: play the upsampler's last samples and accept the next turn's audio."""
+        if not self._discarding:
+            self._buffer.push(self._upsampler.flush(), time.monotonic())
+        self._upsampler.reset()
         self._discarding = False
-
-    def _queue(self, frames: list[av.AudioFrame], arrived_at: float) -> None:
-        for out in frames:  # the plane as it is: to_ndarray() costs a vstack per frame
-            self._buffer.push(np.frombuffer(memoryview(out.planes[0]), np.int16, out.samples), arrived_at)
 
 
 def _resolve(waiter: asyncio.Future[bool]) -> None:
