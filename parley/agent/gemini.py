@@ -357,6 +357,9 @@ class GeminiSession:
         while True:
             async for message in conn.live.receive():
                 self._dispatch(conn, message)
+                # The socket may hold a burst of replies (the service sends faster than real time):
+                # taken in one go they are one long step of the loop that every other call waits on.
+                await asyncio.sleep(0)
 
     def _dispatch(self, conn: _Connection, message: types.LiveServerMessage) -> None:
         arrived_at = time.monotonic()
