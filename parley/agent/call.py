@@ -191,6 +191,7 @@ class Call:
         pc.on("connectionstatechange", on_state)
         pc.on("datachannel", self._on_datachannel)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await asyncio.sleep(0)  # the offer and the answer are 1-2 ms each: two steps, not one
         audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
         transceiver = audio[0]
         self.track.send_on(transceiver.sender)
