@@ -296,8 +296,13 @@ class GeminiSession:
         if conn.generating:
             # The cut-off turn will not complete on this connection; what was queued still plays.
             self._listener.on_turn_complete(cut=True)
+        # websockets stops reading the socket while 16 messages wait unread, and then never reads the
+        # close frame behind them: the close would wait out its 10 s timeout (a hang-up during a burst
+        # of the model's reply, after a stalled loop). What is still queued is read and dropped.
+        reading = asyncio.create_task(_read_until_closed(conn.live))
         with contextlib.suppress(Exception):
             await conn.exit_stack.aclose()
+        reading.cancel()
 
     async def _serve(self, conn: _Connection) -> None:
         """Pump both directions until goAway says to switch (returns) or the connection fails (raises)."""
@@ -424,3 +429,10 @@ def gemini_sessions(client: genai.Client, config: SessionConfig) -> SessionFacto
         return GeminiSession(client, config, listener)
 
     return make
+
+
+async def _read_until_closed(live: Any) -> None:
+    socket = getattr(live, "_ws", None)  # the SDK's websocket (realtime_blob.py writes to it too)
+    with contextlib.suppress(Exception):
+        while socket is not None:
+            await socket.recv(decode=False)
