@@ -1,4 +1,4 @@
-"""Downlink: the model's 24 kHz speech, resampled once on arrival and played out as paced 20 ms frames.
+"""Downlink: the model's 24 kHz speech, upsampled once on arrival and played out as paced 20 ms frames.
 
 `ModelAudio` turns each chunk from Gemini into 48 kHz samples with one stateful upsampler per turn (no
 clicks at chunk boundaries) and queues them in a `PlayoutBuffer`. `PlayoutTrack` is the outgoing WebRTC
@@ -150,7 +150,6 @@ class ModelAudio:
         """The turn is over: play the upsampler's last samples and accept the next turn's audio."""
         if not self._discarding:
             self._buffer.push(self._upsampler.flush(), time.monotonic())
-        self._upsampler.reset()
         self._discarding = False
 
 

@@ -433,6 +433,8 @@ def gemini_sessions(client: genai.Client, config: SessionConfig) -> SessionFacto
 
 async def _read_until_closed(live: Any) -> None:
     socket = getattr(live, "_ws", None)  # the SDK's websocket (realtime_blob.py writes to it too)
-    with contextlib.suppress(Exception):
-        while socket is not None:
+    if socket is None:
+        return
+    with contextlib.suppress(Exception):  # ConnectionClosed, once the close frame is read
+        while True:
             await socket.recv(decode=False)

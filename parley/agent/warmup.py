@@ -18,12 +18,11 @@ SDK_MODELS = (
 )  # fmt: skip
 
 
-def build_sdk_models() -> int:
+def build_sdk_models() -> None:
     """Build the SDK's pydantic models now: they are built on first use (`defer_build`), which put
     20-60 ms event-loop stalls into the first call's set-up and first turn, stalling every other call.
     A model's validator is its own: building `LiveConnectConfig` leaves `SessionResumptionConfig`
-    to build when a call first makes one (10 ms), so every model a field can hold is built too.
-    Returns how many were built."""
+    to build when a call first makes one (10 ms), so every model a field can hold is built too."""
     pending = [
         model
         for name in dir(types)
@@ -39,7 +38,6 @@ def build_sdk_models() -> int:
             model.model_rebuild(raise_errors=False)
             for field in model.model_fields.values():
                 pending.extend(_models_in(field.annotation))
-    return len(built)
 
 
 def _models_in(annotation: object) -> typing.Iterator[type[pydantic.BaseModel]]:
