@@ -300,9 +300,11 @@ class GeminiSession:
         # close frame behind them: the close would wait out its 10 s timeout (a hang-up during a burst
         # of the model's reply, after a stalled loop). What is still queued is read and dropped.
         reading = asyncio.create_task(_read_until_closed(conn.live))
-        with contextlib.suppress(Exception):
-            await conn.exit_stack.aclose()
-        reading.cancel()
+        try:
+            with contextlib.suppress(Exception):
+                await conn.exit_stack.aclose()
+        finally:
+            reading.cancel()
 
     async def _serve(self, conn: _Connection) -> None:
         """Pump both directions until goAway says to switch (returns) or the connection fails (raises)."""
