@@ -305,12 +305,11 @@ async def send_what_gone_signaling_owed(host: RedisCallHost, webhooks: WebhookSe
         try:
             others = await webhooks.outbox.owners("signaling-") - {host.name}
             gone = others - await host.live_signaling(others)
+            for owner in gone & suspects:
+                await webhooks.adopt(owner)  # a database error here must not end the sweep for good
+            suspects = gone
         except Exception as exc:
             logger.debug("could not look for webhooks a gone signaling process owed: %s", exc)
-        else:
-            for owner in gone & suspects:
-                await webhooks.adopt(owner)
-            suspects = gone
         await asyncio.sleep(SIGNALING_TTL_S / 2)
 
 
